@@ -1,0 +1,2 @@
+/* placeholder */
+typedef int sw_placeholder_t;

@@ -1,0 +1,5 @@
+#include "test.h"
+int main(void)
+{
+    return sw_test_summary("test-kernels");
+}
