@@ -81,6 +81,8 @@ size_t sw_st_dir_count(const sw_st_dir_t *d);
 const char *sw_st_dir_name(const sw_st_dir_t *d, size_t i);
 /* Number of shard files (1 without an index). */
 size_t sw_st_dir_shards(const sw_st_dir_t *d);
+/* Number of shard files opened (mapped and validated) so far; for tests of lazy opening. */
+size_t sw_st_dir_shards_open(const sw_st_dir_t *d);
 
 size_t sw_st_dtype_size(sw_st_dtype_t dt);
 const char *sw_st_dtype_name(sw_st_dtype_t dt);
