@@ -1,2 +1,388 @@
-/* placeholder */
-typedef int sw_placeholder_t;
+/*
+ * commands.c - model-file and local-run subcommands: eval, generate, inspect.
+ * Runs on the main thread; kernels parallelise on the global pool.
+ */
+#include "commands.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ops.h"
+#include "pipeline/local.h"
+#include "pipeline/model.h"
+#include "util/alloc.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#define MAX_IDS (1 << 20)
+
+static const sw_ops_t *chosen_ops(void)
+{
+    return strcmp(sw_global_opts.backend, "reference") == 0 ? &sw_ops_ref : &sw_ops_cpu;
+}
+
+/* Prints the failure of `what` with the error detail and returns exit code 1. */
+static int fail(const char *cmd, const char *what, int r)
+{
+    const char *d = sw_err_detail();
+
+    if (d[0])
+        fprintf(stderr, "swarmd %s: %s: %s\n", cmd, what, d);
+    else
+        fprintf(stderr, "swarmd %s: %s: %s\n", cmd, what, sw_strerror(r));
+    return 1;
+}
+
+/* Parses "1,2,3" into a new array (caller frees). Every id must be a non-negative int32. */
+static int parse_ids(const char *opt, const char *s, int32_t **out, int *n_out)
+{
+    int32_t *ids;
+    int n = 1;
+
+    for (const char *p = s; *p; p++)
+        n += *p == ',';
+    if (n > MAX_IDS)
+        return sw_err(SW_EUSAGE, "%s: more than %d ids", opt, MAX_IDS);
+    ids = sw_malloc((size_t)n * sizeof(int32_t));
+    if (!ids)
+        return -ENOMEM;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        long v;
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX || (*end != ',' && *end != '\0') ||
+            (*end == '\0' && i != n - 1)) {
+            sw_free(ids);
+            return sw_err(SW_EUSAGE, "%s wants comma-separated token ids such as 1,2,3 "
+                          "(problem at id %d)", opt, i + 1);
+        }
+        ids[i] = (int32_t)v;
+        s = end + 1;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+static int parse_positive(const char *opt, const char *s, int max, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < 1 || v > max)
+        return sw_err(SW_EUSAGE, "%s wants a whole number from 1 to %d, not '%s'", opt, max, s);
+    *out = (int)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void eval_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd eval --model DIR --tokens IDS [--logits-out FILE]\n"
+            "\n"
+            "Runs the prompt through the whole model in this process and prints, per position,\n"
+            "the input token, the argmax next token and its log-probability.\n"
+            "\n"
+            "  --model DIR         Hugging Face checkpoint directory (config.json + *.safetensors)\n"
+            "  --tokens IDS        prompt token ids, comma-separated: 1,2,3\n"
+            "  --logits-out FILE   also write the raw logits: float32, T x V, row-major, little-endian\n"
+            "  -h, --help          this help\n");
+}
+
+int sw_cmd_eval(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "tokens", required_argument, NULL, 't' },
+        { "logits-out", required_argument, NULL, 'o' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL, *tokens = NULL, *logits_out = NULL;
+    sw_local_t *l = NULL;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+    int c, T = 0, V, r, rc = 1;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 't': tokens = optarg; break;
+        case 'o': logits_out = optarg; break;
+        case 'h': eval_usage(stdout); return 0;
+        default: eval_usage(stderr); return 2;
+        }
+    }
+    if (!model || !tokens || optind != argc) {
+        fprintf(stderr, "swarmd eval: --model and --tokens are required\n\n");
+        eval_usage(stderr);
+        return 2;
+    }
+    if (parse_ids("--tokens", tokens, &ids, &T) < 0) {
+        fprintf(stderr, "swarmd eval: %s\n", sw_err_detail());
+        return 2;
+    }
+    r = sw_local_open(model, 1, T, &l);
+    if (r < 0) {
+        rc = fail("eval", "cannot load the model", r);
+        goto out;
+    }
+    V = sw_local_config(l)->vocab_size;
+    logits = sw_malloc((size_t)T * V * sizeof(float));
+    if (!logits) {
+        rc = fail("eval", "logits buffer", -ENOMEM);
+        goto out;
+    }
+    r = sw_local_forward(l, chosen_ops(), ids, T, 1, logits);
+    if (r < 0) {
+        rc = fail("eval", "forward pass failed", r);
+        goto out;
+    }
+    printf("%-6s %-8s %-8s %s\n", "pos", "token", "argmax", "logprob");
+    for (int t = 0; t < T; t++) {
+        const float *row = logits + (size_t)t * V;
+        int best = sw_argmax(row, V);
+        double sum = 0.0;
+        for (int i = 0; i < V; i++)
+            sum += exp((double)row[i] - row[best]);
+        printf("%-6d %-8d %-8d %.6f\n", t, ids[t], best, -log(sum));
+    }
+    if (logits_out) {
+        FILE *f = fopen(logits_out, "wb");
+        size_t n = (size_t)T * V;
+        if (!f || fwrite(logits, sizeof(float), n, f) != n || fclose(f) != 0) {
+            fprintf(stderr, "swarmd eval: cannot write %s: %s; check the path and free space\n",
+                    logits_out, strerror(errno));
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    sw_free(logits);
+    sw_free(ids);
+    sw_local_close(l);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void generate_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd generate --local --model DIR --prompt-ids IDS [--max-new-tokens N]\n"
+            "                       [--max-len N]\n"
+            "\n"
+            "Greedy generation. Prints the new token ids, comma-separated, as they are produced.\n"
+            "\n"
+            "  --local              run every block in this process (the only mode in this version;\n"
+            "                       generation through a swarm comes with the serving work)\n"
+            "  --model DIR          Hugging Face checkpoint directory\n"
+            "  --prompt-ids IDS     prompt token ids, comma-separated: 1,2,3\n"
+            "  --max-new-tokens N   tokens to generate (default 16)\n"
+            "  --max-len N          context length to reserve (default: prompt + new tokens)\n"
+            "  -h, --help           this help\n");
+}
+
+static void print_token(void *ctx, int32_t id)
+{
+    int *first = ctx;
+
+    printf(*first ? "%d" : ",%d", id);
+    *first = 0;
+    fflush(stdout);
+}
+
+int sw_cmd_generate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "local", no_argument, NULL, 'l' },
+        { "model", required_argument, NULL, 'm' },
+        { "prompt-ids", required_argument, NULL, 'p' },
+        { "max-new-tokens", required_argument, NULL, 'n' },
+        { "max-len", required_argument, NULL, 'L' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL, *prompt = NULL;
+    int c, local = 0, n_new = 16, max_len = 0, T = 0, first = 1, r, rc = 1;
+    int32_t *ids = NULL, *out_ids = NULL;
+    sw_local_t *l = NULL;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l': local = 1; break;
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n':
+        case 'L':
+            if (parse_positive(c == 'n' ? "--max-new-tokens" : "--max-len", optarg, 1 << 20,
+                               c == 'n' ? &n_new : &max_len) < 0) {
+                fprintf(stderr, "swarmd generate: %s\n", sw_err_detail());
+                return 2;
+            }
+            break;
+        case 'h': generate_usage(stdout); return 0;
+        default: generate_usage(stderr); return 2;
+        }
+    }
+    if (!model || !prompt || optind != argc) {
+        fprintf(stderr, "swarmd generate: --model and --prompt-ids are required\n\n");
+        generate_usage(stderr);
+        return 2;
+    }
+    if (!local) {
+        fprintf(stderr, "swarmd generate: this version generates only in-process; add --local "
+                        "(generation through a swarm is not built yet)\n");
+        return 2;
+    }
+    if (parse_ids("--prompt-ids", prompt, &ids, &T) < 0) {
+        fprintf(stderr, "swarmd generate: %s\n", sw_err_detail());
+        return 2;
+    }
+    if (max_len == 0)
+        max_len = T + n_new;
+    if (T + n_new - 1 > max_len) {
+        fprintf(stderr, "swarmd generate: prompt (%d) + new tokens (%d) exceed --max-len %d\n", T,
+                n_new, max_len);
+        sw_free(ids);
+        return 2;
+    }
+    out_ids = sw_malloc((size_t)n_new * sizeof(int32_t));
+    if (!out_ids) {
+        rc = fail("generate", "out of memory", -ENOMEM);
+        goto out;
+    }
+    r = sw_local_open(model, 1, max_len, &l);
+    if (r < 0) {
+        rc = fail("generate", "cannot load the model", r);
+        goto out;
+    }
+    r = sw_local_greedy(l, chosen_ops(), ids, T, n_new, out_ids, NULL, print_token, &first);
+    printf("\n");
+    if (r < 0) {
+        rc = fail("generate", "generation failed", r);
+        goto out;
+    }
+    rc = 0;
+out:
+    sw_free(out_ids);
+    sw_free(ids);
+    sw_local_close(l);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void inspect_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd inspect --model DIR\n"
+            "\n"
+            "Prints the architecture from config.json, every tensor of the checkpoint with its\n"
+            "dtype and shape, and the bytes each block reads per token.\n"
+            "\n"
+            "  --model DIR   Hugging Face checkpoint directory\n"
+            "  -h, --help    this help\n");
+}
+
+static void print_shape(const sw_st_tensor_t *t)
+{
+    printf("(");
+    for (int i = 0; i < t->ndim; i++)
+        printf(i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    printf(t->ndim == 1 ? ",)" : ")");
+}
+
+int sw_cmd_inspect(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL;
+    const sw_model_config_t *cfg;
+    sw_model_t *m = NULL;
+    sw_span_t *span = NULL;
+    sw_st_dir_t *ck;
+    uint64_t params = 0, bytes = 0;
+    int c, r, rc = 1;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'h': inspect_usage(stdout); return 0;
+        default: inspect_usage(stderr); return 2;
+        }
+    }
+    if (!model || optind != argc) {
+        fprintf(stderr, "swarmd inspect: --model is required\n\n");
+        inspect_usage(stderr);
+        return 2;
+    }
+    r = sw_model_open(model, &m);
+    if (r < 0)
+        return fail("inspect", "cannot open the model", r);
+    cfg = sw_model_config(m);
+    ck = sw_model_checkpoint(m);
+    printf("model:        %s\n", model);
+    printf("architecture: %s (model_type \"%s\")\n", sw_arch_name(cfg->arch), cfg->model_type);
+    printf("layers %d, hidden %d, intermediate %d, vocab %d\n", cfg->num_layers,
+           cfg->hidden_size, cfg->intermediate_size, cfg->vocab_size);
+    printf("heads %d, kv heads %d, head dim %d, max positions %d, rms eps %g\n", cfg->num_heads,
+           cfg->num_kv_heads, cfg->head_dim, cfg->max_position_embeddings, cfg->rms_norm_eps);
+    printf("rope: %s, theta %g", sw_rope_type_name(cfg->rope.type), cfg->rope.theta);
+    if (cfg->rope.type != SW_ROPE_DEFAULT)
+        printf(", factor %g", cfg->rope.factor);
+    if (cfg->rope.type == SW_ROPE_LLAMA3)
+        printf(", low %g, high %g, original max %d", cfg->rope.low_freq_factor,
+               cfg->rope.high_freq_factor, cfg->rope.original_max_position_embeddings);
+    printf("\n");
+    printf("tied embeddings %s, qkv bias %s, sliding window %d\n",
+           cfg->tie_word_embeddings ? "yes" : "no", cfg->attention_bias ? "yes" : "no",
+           cfg->sliding_window);
+    printf("\ntensors (%zu in %zu file%s):\n", sw_st_dir_count(ck), sw_st_dir_shards(ck),
+           sw_st_dir_shards(ck) == 1 ? "" : "s");
+    for (size_t i = 0; i < sw_st_dir_count(ck); i++) {
+        const char *name = sw_st_dir_name(ck, i);
+        const sw_st_tensor_t *t;
+        r = sw_st_dir_find(ck, name, &t);
+        if (r < 0) {
+            rc = fail("inspect", "bad checkpoint", r);
+            goto out;
+        }
+        uint64_t n = 1;
+        for (int d = 0; d < t->ndim; d++)
+            n *= (uint64_t)t->shape[d];
+        params += n;
+        bytes += t->nbytes;
+        printf("  %-56s %-5s ", name, sw_st_dtype_name(t->dtype));
+        print_shape(t);
+        printf("\n");
+    }
+    printf("\nparameters %llu, %.2f MiB stored\n", (unsigned long long)params,
+           (double)bytes / (1 << 20));
+    r = sw_span_load(m, 0, cfg->num_layers, &span);
+    if (r < 0) {
+        rc = fail("inspect", "the blocks do not load", r);
+        goto out;
+    }
+    printf("\nbytes read per token, per block:\n");
+    for (int b = 0; b < cfg->num_layers; b++)
+        printf("  block %-4d %12zu bytes (%.2f MiB)\n", b, sw_span_block_bytes(span, b),
+               (double)sw_span_block_bytes(span, b) / (1 << 20));
+    rc = 0;
+out:
+    sw_span_free(span);
+    sw_model_close(m);
+    return rc;
+}

@@ -1,1 +1,152 @@
-int main(void) { return 0; }
+/*
+ * main.c - the swarmd binary: global options, then one subcommand.
+ *
+ *   swarmd [global options] <subcommand> [options]
+ *
+ * Usage errors exit 2, failures exit 1 with a message saying what to do next.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "kernels/device.h"
+#include "kernels/ops.h"
+#include "sw_build_config.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/pool.h"
+
+sw_global_opts_t sw_global_opts = { .threads = 0, .backend = "cpu" };
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    { "eval", sw_cmd_eval, "run a prompt through the whole model locally; per-position argmax and log-probability" },
+    { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
+    { "inspect", sw_cmd_inspect, "show a model's architecture, tensors and bytes per block" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "swarmd %s - run and train large transformers on GPUs lent over the internet\n"
+            "\n"
+            "Usage: swarmd [global options] <command> [options]\n"
+            "\n"
+            "Commands:\n", SW_VERSION);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f,
+            "\n"
+            "Global options (before the command):\n"
+            "  -v, --verbose        more detail on stderr (-v info, -vv debug)\n"
+            "  -q, --quiet          errors only\n"
+            "      --log-level L    debug, info, warn (default), error or off\n"
+            "      --threads N      CPU threads for kernels (default: one per CPU)\n"
+            "      --backend B      cpu (default; AVX2/FMA when available) or reference\n"
+            "                       (plain single-threaded C, for checking results)\n"
+            "  -V, --version        print version and build features\n"
+            "  -h, --help           this help\n"
+            "\n"
+            "Run 'swarmd <command> --help' for a command's options.\n");
+}
+
+static void version(void)
+{
+    int n = sw_cuda_device_count();
+
+    printf("swarmd %s\n", SW_VERSION);
+    printf("cpu kernels: %s\n", sw_cpu_simd_name());
+    if (!sw_cuda_compiled()) {
+        printf("cuda: not compiled in\n");
+        return;
+    }
+    printf("cuda: compiled for sm_%s; %d device%s visible\n", SW_CUDA_ARCHS, n, n == 1 ? "" : "s");
+    for (int i = 0; i < n; i++) {
+        char name[256];
+        if (sw_cuda_device_name(i, name, sizeof(name)) == 0)
+            printf("  device %d: %s\n", i, name);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "verbose", no_argument, NULL, 'v' },
+        { "quiet", no_argument, NULL, 'q' },
+        { "log-level", required_argument, NULL, 'L' },
+        { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c, verbose = 0;
+    sw_log_level_t level;
+
+    /* '+' stops at the first non-option: the subcommand */
+    while ((c = getopt_long(argc, argv, "+vqVh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'v':
+            verbose++;
+            sw_log_set_level(verbose >= 2 ? SW_LOG_DEBUG : SW_LOG_INFO);
+            break;
+        case 'q':
+            sw_log_set_level(SW_LOG_ERROR);
+            break;
+        case 'L':
+            if (sw_log_parse_level(optarg, &level) < 0) {
+                fprintf(stderr, "swarmd: %s\n", sw_err_detail());
+                return 2;
+            }
+            sw_log_set_level(level);
+            break;
+        case 't': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n < 1 || n > 1024) {
+                fprintf(stderr, "swarmd: --threads wants a number from 1 to 1024, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            sw_global_opts.threads = (int)n;
+            break;
+        }
+        case 'b':
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "reference") != 0) {
+                fprintf(stderr, "swarmd: --backend is 'cpu' or 'reference', not '%s'\n", optarg);
+                return 2;
+            }
+            sw_global_opts.backend = optarg;
+            break;
+        case 'V':
+            version();
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "Run 'swarmd --help' for usage.\n");
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    sw_pool_set_default_threads(sw_global_opts.threads);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[optind], commands[i].name) == 0) {
+            int sub = optind;
+            optind = 0; /* glibc: 0 re-initialises getopt for the subcommand's own parse */
+            return commands[i].fn(argc - sub, argv + sub);
+        }
+    }
+    fprintf(stderr, "swarmd: unknown command '%s'. Run 'swarmd --help' for the list.\n",
+            argv[optind]);
+    return 2;
+}

@@ -1,2 +1,547 @@
-/* placeholder */
-typedef int sw_placeholder_t;
+/*
+ * model.c - Llama-family blocks, spans, KV caches and client-side parts; see model.h.
+ *
+ * Block math (transformers' LlamaDecoderLayer, Mistral and Qwen2 alike):
+ *   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
+ *   y = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                n2 = rmsnorm(h)
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../util/alloc.h"
+#include "../util/error.h"
+#include "../util/log.h"
+
+/* Tokens per sequence processed in one pass through a block; bounds the scratch buffers. */
+#define SW_CHUNK 64
+
+typedef struct {
+    sw_tensor_t wq, wk, wv, wo;     /* (NH*HD, H) (NKV*HD, H) (NKV*HD, H) (H, NH*HD) */
+    sw_tensor_t wg, wu, wd;         /* (I, H) (I, H) (H, I) */
+    float *bq, *bk, *bv, *bo;       /* biases or NULL */
+    float *bg, *bu, *bd;
+    float *attn_norm, *mlp_norm;    /* (H) */
+} block_t;
+
+struct sw_model {
+    char *dir;
+    sw_model_config_t cfg;
+    sw_st_dir_t *ckpt;
+};
+
+struct sw_span {
+    const sw_model_config_t *cfg;
+    int a, b;
+    block_t *blocks; /* b - a */
+};
+
+struct sw_kv {
+    const sw_span_t *span;
+    int B, max_len, len;
+    float *k, *v;        /* per block: (B, NKV, max_len, HD) */
+    /* scratch for B * SW_CHUNK rows */
+    float *h, *xn, *q, *kn, *vn, *att, *gate, *up, *tmp;
+    float *attn_scratch; /* sw_attention_scratch_floats(max_len) */
+    float *inv_freq;     /* HD/2 */
+    int32_t *pos;        /* B * SW_CHUNK */
+};
+
+struct sw_head {
+    const sw_model_config_t *cfg;
+    sw_tensor_t embed;   /* (V, H) */
+    sw_tensor_t lm_head; /* (V, H); a view of embed when tied */
+    float *norm;         /* (H) */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* checkpoint access                                                                           */
+
+int sw_model_open(const char *dir, sw_model_t **out)
+{
+    sw_model_t *m;
+    int r;
+
+    m = sw_calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->dir = sw_strdup(dir);
+    if (!m->dir) {
+        r = -ENOMEM;
+        goto err;
+    }
+    r = sw_model_config_load(dir, &m->cfg);
+    if (r < 0)
+        goto err;
+    r = sw_st_dir_open(dir, &m->ckpt);
+    if (r < 0)
+        goto err;
+    *out = m;
+    return 0;
+err:
+    sw_model_close(m);
+    return r;
+}
+
+void sw_model_close(sw_model_t *m)
+{
+    if (!m)
+        return;
+    sw_st_dir_close(m->ckpt);
+    sw_free(m->dir);
+    sw_free(m);
+}
+
+const sw_model_config_t *sw_model_config(const sw_model_t *m)
+{
+    return &m->cfg;
+}
+
+sw_st_dir_t *sw_model_checkpoint(sw_model_t *m)
+{
+    return m->ckpt;
+}
+
+const char *sw_model_dir(const sw_model_t *m)
+{
+    return m->dir;
+}
+
+static int find_tensor(sw_model_t *m, const char *name, int64_t d0, int64_t d1,
+                       const sw_st_tensor_t **out)
+{
+    const sw_st_tensor_t *t;
+    int r, ndim = d1 > 0 ? 2 : 1;
+
+    r = sw_st_dir_find(m->ckpt, name, &t);
+    if (r < 0)
+        return r;
+    if (t->dtype != SW_ST_F32 && t->dtype != SW_ST_F16 && t->dtype != SW_ST_BF16)
+        return sw_err(SW_EUNSUPPORTED, "%s: tensor %s has dtype %s; only F32, F16 and BF16 "
+                      "weights are supported (quantize with --quant after loading instead)",
+                      m->dir, name, sw_st_dtype_name(t->dtype));
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char got[64];
+        if (t->ndim == 1)
+            snprintf(got, sizeof(got), "(%lld)", (long long)t->shape[0]);
+        else if (t->ndim == 2)
+            snprintf(got, sizeof(got), "(%lld, %lld)", (long long)t->shape[0],
+                     (long long)t->shape[1]);
+        else
+            snprintf(got, sizeof(got), "%d dimensions", t->ndim);
+        if (ndim == 2)
+            return sw_err(SW_EFORMAT, "%s: tensor %s has shape %s but config.json implies "
+                          "(%lld, %lld); the checkpoint does not match its config",
+                          m->dir, name, got, (long long)d0, (long long)d1);
+        return sw_err(SW_EFORMAT, "%s: tensor %s has shape %s but config.json implies (%lld); "
+                      "the checkpoint does not match its config", m->dir, name, got,
+                      (long long)d0);
+    }
+    *out = t;
+    return 0;
+}
+
+static sw_dtype_t dtype_of(const sw_st_tensor_t *t)
+{
+    return t->dtype == SW_ST_F32 ? SW_DTYPE_F32 : t->dtype == SW_ST_F16 ? SW_DTYPE_F16
+                                                                          : SW_DTYPE_BF16;
+}
+
+/*
+ * A (rows, cols) weight matrix as a tensor. It points into the mapping when the data is aligned
+ * to its element size; otherwise it is copied to an aligned buffer (owned by the tensor).
+ */
+static int load_matrix(sw_model_t *m, const char *name, int64_t rows, int64_t cols, sw_tensor_t *w)
+{
+    const sw_st_tensor_t *t;
+    int r;
+
+    r = find_tensor(m, name, rows, cols, &t);
+    if (r < 0)
+        return r;
+    memset(w, 0, sizeof(*w));
+    w->dtype = dtype_of(t);
+    w->ndim = 2;
+    w->shape[0] = rows;
+    w->shape[1] = cols;
+    if ((uintptr_t)t->data % sw_dtype_size(w->dtype) == 0) {
+        w->data = (void *)t->data;
+        return 0;
+    }
+    w->data = sw_alloc_aligned(64, t->nbytes);
+    if (!w->data)
+        return -ENOMEM;
+    memcpy(w->data, t->data, t->nbytes);
+    w->owned = 1;
+    return 0;
+}
+
+/* A vector of n values converted to a new fp32 array (caller frees). */
+static int load_vector(sw_model_t *m, const char *name, int64_t n, float **out)
+{
+    const sw_st_tensor_t *t;
+    float *v;
+    int r;
+
+    r = find_tensor(m, name, n, 0, &t);
+    if (r < 0)
+        return r;
+    v = sw_alloc_aligned(64, (size_t)n * sizeof(float));
+    if (!v)
+        return -ENOMEM;
+    if (t->dtype == SW_ST_F32) {
+        memcpy(v, t->data, (size_t)n * 4);
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t u;
+            memcpy(&u, (const uint8_t *)t->data + 2 * i, 2);
+            v[i] = t->dtype == SW_ST_F16 ? sw_f16_to_f32(u) : sw_bf16_to_f32(u);
+        }
+    }
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* spans                                                                                       */
+
+static void block_free(block_t *bl)
+{
+    sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu, &bl->wd };
+    float *vecs[] = { bl->bq, bl->bk, bl->bv, bl->bo, bl->bg, bl->bu, bl->bd,
+                      bl->attn_norm, bl->mlp_norm };
+
+    for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
+        sw_tensor_free(mats[i]);
+    for (size_t i = 0; i < sizeof(vecs) / sizeof(vecs[0]); i++)
+        sw_free(vecs[i]);
+}
+
+static int block_load(sw_model_t *m, int layer, block_t *bl)
+{
+    const sw_model_config_t *c = &m->cfg;
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KD = (int64_t)c->num_kv_heads * c->head_dim;
+    char name[160];
+    int r;
+
+#define NAME(suffix) (snprintf(name, sizeof(name), "model.layers.%d.%s", layer, suffix), name)
+    if ((r = load_matrix(m, NAME("self_attn.q_proj.weight"), QD, H, &bl->wq)) < 0 ||
+        (r = load_matrix(m, NAME("self_attn.k_proj.weight"), KD, H, &bl->wk)) < 0 ||
+        (r = load_matrix(m, NAME("self_attn.v_proj.weight"), KD, H, &bl->wv)) < 0 ||
+        (r = load_matrix(m, NAME("self_attn.o_proj.weight"), H, QD, &bl->wo)) < 0 ||
+        (r = load_matrix(m, NAME("mlp.gate_proj.weight"), I, H, &bl->wg)) < 0 ||
+        (r = load_matrix(m, NAME("mlp.up_proj.weight"), I, H, &bl->wu)) < 0 ||
+        (r = load_matrix(m, NAME("mlp.down_proj.weight"), H, I, &bl->wd)) < 0 ||
+        (r = load_vector(m, NAME("input_layernorm.weight"), H, &bl->attn_norm)) < 0 ||
+        (r = load_vector(m, NAME("post_attention_layernorm.weight"), H, &bl->mlp_norm)) < 0)
+        return r;
+    if (c->attention_bias &&
+        ((r = load_vector(m, NAME("self_attn.q_proj.bias"), QD, &bl->bq)) < 0 ||
+         (r = load_vector(m, NAME("self_attn.k_proj.bias"), KD, &bl->bk)) < 0 ||
+         (r = load_vector(m, NAME("self_attn.v_proj.bias"), KD, &bl->bv)) < 0))
+        return r;
+    if (c->o_bias && (r = load_vector(m, NAME("self_attn.o_proj.bias"), H, &bl->bo)) < 0)
+        return r;
+    if (c->mlp_bias &&
+        ((r = load_vector(m, NAME("mlp.gate_proj.bias"), I, &bl->bg)) < 0 ||
+         (r = load_vector(m, NAME("mlp.up_proj.bias"), I, &bl->bu)) < 0 ||
+         (r = load_vector(m, NAME("mlp.down_proj.bias"), H, &bl->bd)) < 0))
+        return r;
+#undef NAME
+    return 0;
+}
+
+int sw_span_load(sw_model_t *m, int a, int b, sw_span_t **out)
+{
+    const sw_model_config_t *c = &m->cfg;
+    sw_span_t *s;
+    int r = 0;
+
+    if (a < 0 || b > c->num_layers || a >= b)
+        return sw_err(-EINVAL, "block range [%d, %d) is not inside the model's %d blocks "
+                      "(use 0 <= start < end <= %d)", a, b, c->num_layers, c->num_layers);
+    s = sw_calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->cfg = c;
+    s->a = a;
+    s->b = b;
+    s->blocks = sw_calloc((size_t)(b - a), sizeof(block_t));
+    if (!s->blocks) {
+        sw_free(s);
+        return -ENOMEM;
+    }
+    for (int i = a; i < b; i++) {
+        r = block_load(m, i, &s->blocks[i - a]);
+        if (r < 0) {
+            s->b = i + 1; /* free what was (partly) loaded */
+            sw_span_free(s);
+            return r;
+        }
+        SW_LOG_D("model", "block %d loaded (%zu bytes)", i, sw_span_block_bytes(s, i));
+    }
+    *out = s;
+    return 0;
+}
+
+void sw_span_free(sw_span_t *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->b - s->a; i++)
+        block_free(&s->blocks[i]);
+    sw_free(s->blocks);
+    sw_free(s);
+}
+
+int sw_span_start(const sw_span_t *s)
+{
+    return s->a;
+}
+
+int sw_span_end(const sw_span_t *s)
+{
+    return s->b;
+}
+
+size_t sw_span_block_bytes(const sw_span_t *s, int block)
+{
+    const block_t *bl = &s->blocks[block - s->a];
+    const sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu, &bl->wd };
+    const sw_model_config_t *c = s->cfg;
+    size_t n = 0;
+
+    for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
+        n += sw_tensor_nbytes(mats[i]);
+    n += 2 * (size_t)c->hidden_size * 4;
+    if (bl->bq)
+        n += (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * 4;
+    if (bl->bo)
+        n += (size_t)c->hidden_size * 4;
+    if (bl->bg)
+        n += (2 * (size_t)c->intermediate_size + c->hidden_size) * 4;
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* KV caches                                                                                   */
+
+int sw_kv_create(const sw_span_t *s, int B, int max_len, sw_kv_t **out)
+{
+    const sw_model_config_t *c = s->cfg;
+    size_t rows = (size_t)B * SW_CHUNK, QD = (size_t)c->num_heads * c->head_dim;
+    size_t KD = (size_t)c->num_kv_heads * c->head_dim, H = (size_t)c->hidden_size;
+    size_t I = (size_t)c->intermediate_size, cache;
+    sw_kv_t *kv;
+
+    if (B < 1 || B > 4096 || max_len < 1 || max_len > (1 << 24))
+        return sw_err(-EINVAL, "KV cache of batch %d x %d positions is out of range", B, max_len);
+    kv = sw_calloc(1, sizeof(*kv));
+    if (!kv)
+        return -ENOMEM;
+    kv->span = s;
+    kv->B = B;
+    kv->max_len = max_len;
+    cache = (size_t)(s->b - s->a) * (size_t)B * KD * (size_t)max_len;
+    kv->k = sw_alloc_aligned(64, cache * sizeof(float));
+    kv->v = sw_alloc_aligned(64, cache * sizeof(float));
+    kv->h = sw_alloc_aligned(64, rows * H * sizeof(float));
+    kv->xn = sw_alloc_aligned(64, rows * H * sizeof(float));
+    kv->q = sw_alloc_aligned(64, rows * QD * sizeof(float));
+    kv->kn = sw_alloc_aligned(64, rows * KD * sizeof(float));
+    kv->vn = sw_alloc_aligned(64, rows * KD * sizeof(float));
+    kv->att = sw_alloc_aligned(64, rows * QD * sizeof(float));
+    kv->gate = sw_alloc_aligned(64, rows * I * sizeof(float));
+    kv->up = sw_alloc_aligned(64, rows * I * sizeof(float));
+    kv->tmp = sw_alloc_aligned(64, rows * H * sizeof(float));
+    kv->attn_scratch = sw_alloc_aligned(64, sw_attention_scratch_floats(max_len) * sizeof(float));
+    kv->inv_freq = sw_alloc_aligned(64, (size_t)c->head_dim / 2 * sizeof(float));
+    kv->pos = sw_alloc_aligned(64, rows * sizeof(int32_t));
+    if (!kv->k || !kv->v || !kv->h || !kv->xn || !kv->q || !kv->kn || !kv->vn || !kv->att ||
+        !kv->gate || !kv->up || !kv->tmp || !kv->attn_scratch || !kv->inv_freq || !kv->pos) {
+        sw_kv_free(kv);
+        return sw_err(-ENOMEM, "not enough memory for a KV cache of batch %d x %d positions "
+                      "over %d blocks (%.1f MiB); lower the batch or the context length",
+                      B, max_len, s->b - s->a, 2.0 * (double)cache * 4 / (1 << 20));
+    }
+    *out = kv;
+    return 0;
+}
+
+void sw_kv_free(sw_kv_t *kv)
+{
+    if (!kv)
+        return;
+    sw_free(kv->k);
+    sw_free(kv->v);
+    sw_free(kv->h);
+    sw_free(kv->xn);
+    sw_free(kv->q);
+    sw_free(kv->kn);
+    sw_free(kv->vn);
+    sw_free(kv->att);
+    sw_free(kv->gate);
+    sw_free(kv->up);
+    sw_free(kv->tmp);
+    sw_free(kv->attn_scratch);
+    sw_free(kv->inv_freq);
+    sw_free(kv->pos);
+    sw_free(kv);
+}
+
+int sw_kv_len(const sw_kv_t *kv)
+{
+    return kv->len;
+}
+
+void sw_kv_reset(sw_kv_t *kv)
+{
+    kv->len = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* forward (executor thread)                                                                   */
+
+/* One block over kv->h: B sequences of Tc tokens at positions pos0 .. pos0 + Tc - 1. */
+static void block_forward(const sw_kv_t *kv, const block_t *bl, int li, const sw_ops_t *ops,
+                          int B, int Tc, int pos0, float attn_factor)
+{
+    const sw_model_config_t *c = kv->span->cfg;
+    int H = c->hidden_size, NH = c->num_heads, NKV = c->num_kv_heads, HD = c->head_dim;
+    int M = B * Tc, I = c->intermediate_size, max_len = kv->max_len;
+    size_t KD = (size_t)NKV * HD, layer_off = (size_t)li * kv->B * KD * max_len;
+    float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+
+    ops->rmsnorm(kv->xn, kv->h, bl->attn_norm, M, H, c->rms_norm_eps);
+    ops->matmul(kv->q, kv->xn, &bl->wq, bl->bq, M);
+    ops->matmul(kv->kn, kv->xn, &bl->wk, bl->bk, M);
+    ops->matmul(kv->vn, kv->xn, &bl->wv, bl->bv, M);
+    ops->rope(kv->q, kv->pos, M, NH, HD, kv->inv_freq, attn_factor);
+    ops->rope(kv->kn, kv->pos, M, NKV, HD, kv->inv_freq, attn_factor);
+    /* append the new keys/values: (B, Tc, NKV, HD) -> cache (B, NKV, max_len, HD) */
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < Tc; t++) {
+            for (int g = 0; g < NKV; g++) {
+                size_t src = ((size_t)(b * Tc + t) * NKV + g) * HD;
+                size_t dst = (((size_t)b * NKV + g) * max_len + (size_t)(pos0 + t)) * HD;
+                memcpy(kc + dst, kv->kn + src, (size_t)HD * sizeof(float));
+                memcpy(vc + dst, kv->vn + src, (size_t)HD * sizeof(float));
+            }
+        }
+    }
+    ops->attention(kv->att, kv->q, kc, vc, B, Tc, pos0, max_len, NH, NKV, HD, c->sliding_window,
+                   1.0f / sqrtf((float)HD), kv->attn_scratch);
+    ops->matmul(kv->tmp, kv->att, &bl->wo, bl->bo, M);
+    ops->add(kv->h, kv->tmp, (size_t)M * H);
+
+    ops->rmsnorm(kv->xn, kv->h, bl->mlp_norm, M, H, c->rms_norm_eps);
+    ops->matmul(kv->gate, kv->xn, &bl->wg, bl->bg, M);
+    ops->matmul(kv->up, kv->xn, &bl->wu, bl->bu, M);
+    ops->swiglu(kv->gate, kv->gate, kv->up, (size_t)M * I);
+    ops->matmul(kv->tmp, kv->gate, &bl->wd, bl->bd, M);
+    ops->add(kv->h, kv->tmp, (size_t)M * H);
+}
+
+int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float *x, int B, int T)
+{
+    const sw_model_config_t *c = s->cfg;
+    size_t H = (size_t)c->hidden_size;
+    float attn_factor;
+
+    if (kv->span != s)
+        return sw_err(-EINVAL, "KV cache belongs to another span");
+    if (B != kv->B)
+        return sw_err(-EINVAL, "batch %d does not match the session's batch %d", B, kv->B);
+    if (T < 1 || T > kv->max_len - kv->len)
+        return sw_err(SW_ELIMIT, "%d new tokens do not fit: %d of %d positions are used; start "
+                      "a new session or raise the context length", T, kv->len, kv->max_len);
+    /* transformers computes the frequencies once per forward, from its largest position */
+    sw_rope_inv_freq(c, (int64_t)kv->len + T, kv->inv_freq, &attn_factor);
+    for (int t0 = 0; t0 < T; t0 += SW_CHUNK) {
+        int Tc = T - t0 < SW_CHUNK ? T - t0 : SW_CHUNK, pos0 = kv->len + t0;
+        for (int b = 0; b < B; b++) {
+            memcpy(kv->h + (size_t)b * Tc * H, x + ((size_t)b * T + t0) * H,
+                   (size_t)Tc * H * sizeof(float));
+            for (int t = 0; t < Tc; t++)
+                kv->pos[b * Tc + t] = pos0 + t;
+        }
+        for (int i = 0; i < s->b - s->a; i++)
+            block_forward(kv, &s->blocks[i], i, ops, B, Tc, pos0, attn_factor);
+        for (int b = 0; b < B; b++)
+            memcpy(x + ((size_t)b * T + t0) * H, kv->h + (size_t)b * Tc * H,
+                   (size_t)Tc * H * sizeof(float));
+    }
+    kv->len += T;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* client-side parts                                                                           */
+
+int sw_head_load(sw_model_t *m, sw_head_t **out)
+{
+    const sw_model_config_t *c = &m->cfg;
+    const sw_st_tensor_t *t;
+    sw_head_t *h;
+    int r;
+
+    h = sw_calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    h->cfg = c;
+    r = load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &h->embed);
+    if (r < 0)
+        goto err;
+    r = load_vector(m, "model.norm.weight", c->hidden_size, &h->norm);
+    if (r < 0)
+        goto err;
+    if (c->tie_word_embeddings) {
+        h->lm_head = h->embed;
+        h->lm_head.owned = 0;
+    } else {
+        r = sw_st_dir_find(m->ckpt, "lm_head.weight", &t);
+        if (r == -ENOENT) {
+            r = sw_err(SW_EFORMAT, "%s: lm_head.weight is missing and config.json does not set "
+                       "tie_word_embeddings; the checkpoint is incomplete", m->dir);
+            goto err;
+        }
+        r = load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &h->lm_head);
+        if (r < 0)
+            goto err;
+    }
+    *out = h;
+    return 0;
+err:
+    sw_head_free(h);
+    return r;
+}
+
+void sw_head_free(sw_head_t *h)
+{
+    if (!h)
+        return;
+    sw_tensor_free(&h->lm_head);
+    sw_tensor_free(&h->embed);
+    sw_free(h->norm);
+    sw_free(h);
+}
+
+int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, int M, float *x)
+{
+    for (int i = 0; i < M; i++)
+        if (ids[i] < 0 || ids[i] >= h->cfg->vocab_size)
+            return sw_err(-EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[i],
+                          h->cfg->vocab_size);
+    ops->embed(x, &h->embed, ids, M);
+    return 0;
+}
+
+void sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits)
+{
+    ops->rmsnorm(x, x, h->norm, M, h->cfg->hidden_size, h->cfg->rms_norm_eps);
+    ops->matmul(logits, x, &h->lm_head, NULL, M);
+}

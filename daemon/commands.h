@@ -1,0 +1,21 @@
+/*
+ * commands.h - the subcommands of the swarmd binary. Each takes the arguments after its name
+ * (argv[0] is the subcommand) and returns a process exit code: 0 success, 1 failure (after
+ * printing what went wrong and what to do), 2 bad usage.
+ */
+#ifndef SW_DAEMON_COMMANDS_H
+#define SW_DAEMON_COMMANDS_H
+
+int sw_cmd_eval(int argc, char **argv);
+int sw_cmd_generate(int argc, char **argv);
+int sw_cmd_inspect(int argc, char **argv);
+
+/* Shared by main.c and the commands: options every subcommand accepts. */
+typedef struct {
+    int threads;          /* 0 = one per CPU */
+    const char *backend;  /* "cpu" or "reference" */
+} sw_global_opts_t;
+
+extern sw_global_opts_t sw_global_opts;
+
+#endif

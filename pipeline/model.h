@@ -1,0 +1,79 @@
+/*
+ * model.h - Llama-family model execution on top of the op table.
+ *
+ * The unit of work is a span: transformer blocks [a, b) that take hidden states in and give
+ * hidden states out, with their own KV cache. A whole-model run composes the client-side parts
+ * (embeddings, final norm, LM head: sw_head_t) with one or more spans.
+ *
+ * Weights stay in the dtype they are stored in (f32, f16, bf16) and are read straight from the
+ * checkpoint's mapping when aligned; norms and biases are converted to fp32 once at load.
+ * Every tensor's dtype and shape is checked against the config before use.
+ *
+ * Threads: a span and its KV caches are driven by one thread at a time (the device executor);
+ * the ops parallelise internally.
+ */
+#ifndef SW_PIPELINE_MODEL_H
+#define SW_PIPELINE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/ops.h"
+#include "config.h"
+#include "safetensors.h"
+
+/* ---- the checkpoint ---- */
+
+typedef struct sw_model sw_model_t;
+
+/* Reads <dir>/config.json and opens the checkpoint (shards map lazily). Caller frees. */
+int sw_model_open(const char *dir, sw_model_t **out);
+void sw_model_close(sw_model_t *m);
+const sw_model_config_t *sw_model_config(const sw_model_t *m);
+sw_st_dir_t *sw_model_checkpoint(sw_model_t *m);
+const char *sw_model_dir(const sw_model_t *m);
+
+/* ---- a span of blocks ---- */
+
+typedef struct sw_span sw_span_t;
+
+/* Loads and checks blocks [a, b); 0 <= a < b <= L. The span borrows m: close m after the span. */
+int sw_span_load(sw_model_t *m, int a, int b, sw_span_t **out);
+void sw_span_free(sw_span_t *s);
+int sw_span_start(const sw_span_t *s);
+int sw_span_end(const sw_span_t *s);
+/* Bytes of weights one block reads per token (all its matrices, norms and biases). */
+size_t sw_span_block_bytes(const sw_span_t *s, int block);
+
+/*
+ * KV cache and scratch for B sequences of up to max_len positions through span s. All buffers
+ * are allocated here, once, so sw_span_forward allocates nothing.
+ */
+typedef struct sw_kv sw_kv_t;
+
+int sw_kv_create(const sw_span_t *s, int B, int max_len, sw_kv_t **out);
+void sw_kv_free(sw_kv_t *kv);
+/* Positions already in the cache (same for every sequence of the batch). */
+int sw_kv_len(const sw_kv_t *kv);
+void sw_kv_reset(sw_kv_t *kv);
+
+/*
+ * Runs T new tokens of B sequences through the span: x (B, T, H) in, hidden states out, in place.
+ * Positions are sw_kv_len(kv) .. + T - 1; their keys and values are appended to the cache.
+ * B must equal the batch the cache was created for; fails with SW_ELIMIT if the cache would
+ * exceed max_len (nothing is changed then).
+ */
+int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float *x, int B, int T);
+
+/* ---- client-side parts: embeddings, final norm, LM head ---- */
+
+typedef struct sw_head sw_head_t;
+
+int sw_head_load(sw_model_t *m, sw_head_t **out);
+void sw_head_free(sw_head_t *h);
+/* x (M, H) = embeddings of ids (M); fails with -EINVAL naming the id if one is >= V or < 0. */
+int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, int M, float *x);
+/* logits (M, V) = lm_head(norm(x)); x (M, H) is overwritten with the normed states. */
+void sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits);
+
+#endif
