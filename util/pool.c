@@ -17,9 +17,15 @@
 
 #define SPIN_ITERS 20000
 
+struct worker_arg {
+    struct sw_pool *p;
+    int tid;
+};
+
 struct sw_pool {
     int nthreads;
     pthread_t *threads;
+    struct worker_arg *args; /* one per thread, owned by the pool (not by the worker) */
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_cond_t done_cv;
@@ -51,18 +57,12 @@ static void run_share(sw_pool_t *p, int tid)
     }
 }
 
-struct worker_arg {
-    sw_pool_t *p;
-    int tid;
-};
-
 static void *worker(void *arg)
 {
     sw_pool_t *p = ((struct worker_arg *)arg)->p;
     int tid = ((struct worker_arg *)arg)->tid;
     unsigned seen = 0;
 
-    sw_free(arg);
     for (;;) {
         unsigned g;
         int spins = 0;
@@ -103,18 +103,18 @@ int sw_pool_create(int nthreads, sw_pool_t **out)
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done_cv, NULL);
     p->threads = sw_calloc((size_t)nthreads, sizeof(pthread_t));
-    if (!p->threads) {
+    p->args = sw_calloc((size_t)nthreads, sizeof(*p->args));
+    if (!p->threads || !p->args) {
+        p->nthreads = 1;
         sw_pool_destroy(p);
         return -ENOMEM;
     }
     for (int i = 1; i < nthreads; i++) {
-        struct worker_arg *a = sw_malloc(sizeof(*a));
-        if (a) {
-            a->p = p;
-            a->tid = i;
-        }
-        if (!a || pthread_create(&p->threads[i], NULL, worker, a) != 0) {
-            sw_free(a);
+        struct worker_arg *a = &p->args[i];
+
+        a->p = p;
+        a->tid = i;
+        if (pthread_create(&p->threads[i], NULL, worker, a) != 0) {
             p->nthreads = i;
             sw_pool_destroy(p);
             return -EAGAIN;
@@ -140,6 +140,7 @@ void sw_pool_destroy(sw_pool_t *p)
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done_cv);
     sw_free(p->threads);
+    sw_free(p->args);
     sw_free(p);
 }
 

@@ -1,2 +1,763 @@
-/* placeholder */
-typedef int sw_placeholder_t;
+/*
+ * fast.c - the fast CPU backend `sw_ops_cpu`: every op of ops.h, threaded over the global pool,
+ * with AVX2+FMA+F16C code chosen at run time and a portable C path (written so the compiler can
+ * vectorize it with baseline SSE2) for CPUs without them. The reference is cpu/ref.c; tests compare
+ * both paths against it (tests/test-kernels.c).
+ *
+ * Nothing here allocates. Per-call scratch is a bounded tile on the stack (matmul: NB x KC floats,
+ * rope: ROPE_CHUNK x 2 floats) or the caller's `scratch` (attention).
+ *
+ * matmul, y (M, N) = x (M, K) @ W (N, K)^T + bias, the hot op:
+ *   - M == 1 on AVX2 (decode, GEMV): bandwidth bound. The pool splits the rows of W into one
+ *     contiguous range per thread; each thread streams 4 rows at a time, once, converting bf16 by
+ *     a 16-bit shift and f16 with vcvtph2ps right after the load, with 8 accumulators (4 rows x
+ *     2 halves of 16 columns) so one load of x serves 4 rows.
+ *   - M > 1, or the portable path: a block of NB = 4 rows of W, KC = 512 columns at a time, is
+ *     converted once into an fp32 stack tile and used for every row of x by a 3x4 micro-kernel
+ *     (3 rows of x, 4 rows of W, 12 accumulators). Partial sums over K chunks go into y.
+ * Weights may be misaligned (safetensors offsets are only 8-aligned, tests use +2 bytes): vector
+ * loads are unaligned and scalar loads go through memcpy. Accumulation is fp32 throughout.
+ */
+#include "fast.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops.h"
+#include "../../util/pool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SW_X86 1
+#include <immintrin.h>
+#define SW_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define SW_X86 0
+#endif
+
+#define SW_INLINE static inline __attribute__((always_inline))
+
+#define NB 4          /* rows of W per tile */
+#define MB 3          /* rows of x per micro-kernel call */
+#define KC 512        /* columns of a tile: NB * KC * 4 = 8 KiB of stack */
+#define ROPE_CHUNK 64 /* cos/sin values computed at a time by rope */
+
+/* Elementwise ops below this many elements run on the calling thread (a fork-join costs ~µs). */
+#define PAR_MIN_ELEMS 32768
+
+/* ------------------------------------------------------------------------------------------ */
+/* SIMD level: decided once, on first use, from the CPU flags and SW_CPU_SIMD; tests may force it */
+
+static atomic_int simd_detected = -1; /* -1 unknown, 0 portable, 1 avx2+fma+f16c */
+static atomic_int simd_forced;
+
+static int simd_detect(void)
+{
+    const char *env = getenv("SW_CPU_SIMD");
+
+    if (env && strcmp(env, "portable") == 0)
+        return 0;
+#if SW_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+static int use_avx2(void)
+{
+    int l = atomic_load_explicit(&simd_detected, memory_order_relaxed);
+
+    if (l < 0) {
+        l = simd_detect();
+        atomic_store(&simd_detected, l);
+    }
+    return l && !atomic_load_explicit(&simd_forced, memory_order_relaxed);
+}
+
+void sw_cpu_force_portable(int on)
+{
+    atomic_store(&simd_forced, on != 0);
+}
+
+const char *sw_cpu_simd_name(void)
+{
+    return use_avx2() ? "avx2+fma+f16c" : "portable";
+}
+
+/* Runs fn over [0, n) on the global pool, or on this thread when the work is small. */
+static void par_for(size_t n, size_t grain, size_t work, sw_pool_fn fn, void *ctx)
+{
+    if (work < PAR_MIN_ELEMS)
+        fn(ctx, 0, n, 0);
+    else
+        sw_pool_for(sw_pool_global(), n, grain, fn, ctx);
+}
+
+static size_t min_sz(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Element loads (any thread)                                                                   */
+
+/* Element i of a row of dtype dt starting at byte pointer p; memcpy because p may be misaligned. */
+SW_INLINE float ld1(const unsigned char *p, size_t i, sw_dtype_t dt)
+{
+    uint16_t h;
+    float f;
+
+    if (dt == SW_DTYPE_F32) {
+        memcpy(&f, p + i * 4, 4);
+        return f;
+    }
+    memcpy(&h, p + i * 2, 2);
+    return dt == SW_DTYPE_F16 ? sw_f16_to_f32(h) : sw_bf16_to_f32(h);
+}
+
+/* Converts n elements at p (dtype dt, any alignment) to fp32; plain C for the portable path. */
+static void cvt_portable(float *dst, const unsigned char *p, size_t n, sw_dtype_t dt)
+{
+    switch (dt) {
+    case SW_DTYPE_F32:
+        memcpy(dst, p, n * 4);
+        break;
+    case SW_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + i * 2, 2);
+            dst[i] = sw_bits_f32((uint32_t)h << 16);
+        }
+        break;
+    default:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ld1(p, i, SW_DTYPE_F16);
+        break;
+    }
+}
+
+/* Dot product of n floats with 8 independent lanes (vectorizable without reassociation flags). */
+static float dot_portable(const float *a, const float *b, size_t n)
+{
+    float acc[8] = { 0 };
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++)
+        acc[0] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* o (n) += p * v (n) */
+static void axpy_portable(float *o, float p, const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        o[i] += p * v[i];
+}
+
+#if SW_X86
+/* ------------------------------------------------------------------------------------------ */
+/* AVX2 building blocks                                                                         */
+
+/* 8 elements of dtype dt at byte pointer p (any alignment) as fp32. */
+SW_AVX2 SW_INLINE __m256 ld8(const unsigned char *p, sw_dtype_t dt)
+{
+    if (dt == SW_DTYPE_F32)
+        return _mm256_loadu_ps((const float *)(const void *)p);
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    if (dt == SW_DTYPE_F16)
+        return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* The four horizontal sums of a, b, c, d. */
+SW_AVX2 SW_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+SW_AVX2 SW_INLINE float hsum1(__m256 a)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+SW_AVX2 static void cvt_avx2(float *dst, const unsigned char *p, size_t n, sw_dtype_t dt)
+{
+    size_t es = sw_dtype_size(dt), i = 0;
+
+    switch (dt) {
+    case SW_DTYPE_F32:
+        memcpy(dst, p, n * 4);
+        return;
+    case SW_DTYPE_F16:
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, ld8(p + i * es, SW_DTYPE_F16));
+        break;
+    default:
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, ld8(p + i * es, SW_DTYPE_BF16));
+        break;
+    }
+    for (; i < n; i++)
+        dst[i] = ld1(p, i, dt);
+}
+
+SW_AVX2 static float dot_avx2(const float *a, const float *b, size_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t i = 0;
+    float r;
+
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    if (i + 8 <= n) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        i += 8;
+    }
+    r = hsum1(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        r += a[i] * b[i];
+    return r;
+}
+
+SW_AVX2 static void axpy_avx2(float *o, float p, const float *v, size_t n)
+{
+    __m256 pv = _mm256_set1_ps(p);
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
+    for (; i < n; i++)
+        o[i] += p * v[i];
+}
+
+/*
+ * GEMV of 4 rows of W (byte pointers w0..w3, dtype dt) with x (K): out[r] = w_r . x.
+ * Rows may repeat (a partial block passes row 0 again; the repeat hits the cache).
+ */
+SW_AVX2 SW_INLINE void gemv4_avx2(float out[4], const float *x, const unsigned char *w0,
+                                  const unsigned char *w1, const unsigned char *w2,
+                                  const unsigned char *w3, size_t K, sw_dtype_t dt)
+{
+    const size_t es = dt == SW_DTYPE_F32 ? 4 : 2;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    size_t k = 0;
+    __m128 s;
+
+    for (; k + 16 <= K; k += 16) {
+        __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        size_t o = k * es, o8 = o + 8 * es;
+        a0 = _mm256_fmadd_ps(ld8(w0 + o, dt), x0, a0);
+        b0 = _mm256_fmadd_ps(ld8(w0 + o8, dt), x1, b0);
+        a1 = _mm256_fmadd_ps(ld8(w1 + o, dt), x0, a1);
+        b1 = _mm256_fmadd_ps(ld8(w1 + o8, dt), x1, b1);
+        a2 = _mm256_fmadd_ps(ld8(w2 + o, dt), x0, a2);
+        b2 = _mm256_fmadd_ps(ld8(w2 + o8, dt), x1, b2);
+        a3 = _mm256_fmadd_ps(ld8(w3 + o, dt), x0, a3);
+        b3 = _mm256_fmadd_ps(ld8(w3 + o8, dt), x1, b3);
+    }
+    if (k + 8 <= K) {
+        __m256 x0 = _mm256_loadu_ps(x + k);
+        size_t o = k * es;
+        a0 = _mm256_fmadd_ps(ld8(w0 + o, dt), x0, a0);
+        a1 = _mm256_fmadd_ps(ld8(w1 + o, dt), x0, a1);
+        a2 = _mm256_fmadd_ps(ld8(w2 + o, dt), x0, a2);
+        a3 = _mm256_fmadd_ps(ld8(w3 + o, dt), x0, a3);
+        k += 8;
+    }
+    s = hsum4(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1), _mm256_add_ps(a2, b2),
+              _mm256_add_ps(a3, b3));
+    _mm_storeu_ps(out, s);
+    for (; k < K; k++) {
+        out[0] += x[k] * ld1(w0, k, dt);
+        out[1] += x[k] * ld1(w1, k, dt);
+        out[2] += x[k] * ld1(w2, k, dt);
+        out[3] += x[k] * ld1(w3, k, dt);
+    }
+}
+
+SW_AVX2 static void gemv4_avx2_f32(float out[4], const float *x, const unsigned char *const w[4],
+                                   size_t K)
+{
+    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_F32);
+}
+
+SW_AVX2 static void gemv4_avx2_f16(float out[4], const float *x, const unsigned char *const w[4],
+                                   size_t K)
+{
+    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_F16);
+}
+
+SW_AVX2 static void gemv4_avx2_bf16(float out[4], const float *x, const unsigned char *const w[4],
+                                    size_t K)
+{
+    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_BF16);
+}
+
+/*
+ * The 3x4 micro-kernel: s[i][r] = x_i (n) . w_r (n) for 3 rows of x (x0..x2, may repeat) and the
+ * 4 fp32 rows of a tile (row stride ws floats).
+ */
+SW_AVX2 static void micro_avx2(float s[MB][NB], const float *x0, const float *x1, const float *x2,
+                               const float *w, size_t ws, size_t n)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
+    __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    __m256 c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
+    size_t k = 0;
+    __m128 t;
+
+    for (; k + 8 <= n; k += 8) {
+        __m256 a0 = _mm256_loadu_ps(x0 + k), a1 = _mm256_loadu_ps(x1 + k);
+        __m256 a2 = _mm256_loadu_ps(x2 + k), b;
+        b = _mm256_loadu_ps(w0 + k);
+        c00 = _mm256_fmadd_ps(a0, b, c00);
+        c10 = _mm256_fmadd_ps(a1, b, c10);
+        c20 = _mm256_fmadd_ps(a2, b, c20);
+        b = _mm256_loadu_ps(w1 + k);
+        c01 = _mm256_fmadd_ps(a0, b, c01);
+        c11 = _mm256_fmadd_ps(a1, b, c11);
+        c21 = _mm256_fmadd_ps(a2, b, c21);
+        b = _mm256_loadu_ps(w2 + k);
+        c02 = _mm256_fmadd_ps(a0, b, c02);
+        c12 = _mm256_fmadd_ps(a1, b, c12);
+        c22 = _mm256_fmadd_ps(a2, b, c22);
+        b = _mm256_loadu_ps(w3 + k);
+        c03 = _mm256_fmadd_ps(a0, b, c03);
+        c13 = _mm256_fmadd_ps(a1, b, c13);
+        c23 = _mm256_fmadd_ps(a2, b, c23);
+    }
+    t = hsum4(c00, c01, c02, c03);
+    _mm_storeu_ps(s[0], t);
+    t = hsum4(c10, c11, c12, c13);
+    _mm_storeu_ps(s[1], t);
+    t = hsum4(c20, c21, c22, c23);
+    _mm_storeu_ps(s[2], t);
+    for (; k < n; k++) {
+        for (int r = 0; r < NB; r++) {
+            s[0][r] += x0[k] * w[r * ws + k];
+            s[1][r] += x1[k] * w[r * ws + k];
+            s[2][r] += x2[k] * w[r * ws + k];
+        }
+    }
+}
+#endif /* SW_X86 */
+
+/* Portable 3x4 micro-kernel; same contract as micro_avx2. */
+static void micro_portable(float s[MB][NB], const float *x0, const float *x1, const float *x2,
+                           const float *w, size_t ws, size_t n)
+{
+    for (int r = 0; r < NB; r++) {
+        s[0][r] = dot_portable(x0, w + r * ws, n);
+        s[1][r] = x1 == x0 ? s[0][r] : dot_portable(x1, w + r * ws, n);
+        s[2][r] = x2 == x1 ? s[1][r] : dot_portable(x2, w + r * ws, n);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* matmul (runs on pool threads; each task owns a contiguous range of NB-row blocks of y columns) */
+
+struct mm_ctx {
+    float *y;
+    const float *x;
+    const unsigned char *w;
+    const float *bias;
+    size_t N, K, rs; /* rs: bytes per row of W */
+    int M;
+    sw_dtype_t dt;
+    int avx2;
+};
+
+/* Row pointers of block n0 (nr valid rows; missing ones repeat row 0 of the block). */
+static void block_rows(const struct mm_ctx *c, size_t n0, size_t nr, const unsigned char *w[NB])
+{
+    for (size_t r = 0; r < NB; r++)
+        w[r] = c->w + (n0 + (r < nr ? r : 0)) * c->rs;
+}
+
+static void mm_gemv_task(void *ctx, size_t b, size_t e, int tid)
+{
+#if SW_X86
+    const struct mm_ctx *c = ctx;
+    void (*kern)(float *, const float *, const unsigned char *const *, size_t) =
+        c->dt == SW_DTYPE_F32 ? gemv4_avx2_f32 :
+        c->dt == SW_DTYPE_F16 ? gemv4_avx2_f16 : gemv4_avx2_bf16;
+
+    for (size_t blk = b; blk < e; blk++) {
+        size_t n0 = blk * NB, nr = min_sz(NB, c->N - n0);
+        const unsigned char *w[NB];
+        float s[NB];
+
+        block_rows(c, n0, nr, w);
+        kern(s, c->x, w, c->K);
+        for (size_t r = 0; r < nr; r++)
+            c->y[n0 + r] = s[r] + (c->bias ? c->bias[n0 + r] : 0.0f);
+    }
+#endif
+}
+
+static void mm_tile_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct mm_ctx *c = ctx;
+    const size_t es = sw_dtype_size(c->dt), N = c->N, K = c->K;
+    float wb[NB * KC] __attribute__((aligned(32)));
+
+    for (size_t blk = b; blk < e; blk++) {
+        size_t n0 = blk * NB, nr = min_sz(NB, N - n0);
+        const unsigned char *w[NB];
+
+        block_rows(c, n0, nr, w);
+        for (size_t kc = 0; kc < K; kc += KC) {
+            size_t kl = min_sz(KC, K - kc);
+
+            for (size_t r = 0; r < NB; r++) {
+#if SW_X86
+                if (c->avx2)
+                    cvt_avx2(wb + r * KC, w[r] + kc * es, kl, c->dt);
+                else
+#endif
+                    cvt_portable(wb + r * KC, w[r] + kc * es, kl, c->dt);
+            }
+            for (int m = 0; m < c->M; m += MB) {
+                const float *x0 = c->x + (size_t)m * K + kc;
+                const float *x1 = m + 1 < c->M ? x0 + K : x0;
+                const float *x2 = m + 2 < c->M ? x0 + 2 * K : x1;
+                float s[MB][NB];
+                int mr = c->M - m < MB ? c->M - m : MB;
+
+#if SW_X86
+                if (c->avx2)
+                    micro_avx2(s, x0, x1, x2, wb, KC, kl);
+                else
+#endif
+                    micro_portable(s, x0, x1, x2, wb, KC, kl);
+                for (int i = 0; i < mr; i++) {
+                    float *yr = c->y + (size_t)(m + i) * N + n0;
+                    for (size_t r = 0; r < nr; r++) {
+                        if (kc == 0)
+                            yr[r] = s[i][r] + (c->bias ? c->bias[n0 + r] : 0.0f);
+                        else
+                            yr[r] += s[i][r];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M)
+{
+    struct mm_ctx c = {
+        .y = y, .x = x, .w = w->data, .bias = bias,
+        .N = (size_t)w->shape[0], .K = (size_t)w->shape[1], .M = M, .dt = w->dtype,
+        .avx2 = use_avx2(),
+    };
+    size_t blocks = (c.N + NB - 1) / NB, work;
+
+    if (M <= 0 || c.N == 0)
+        return;
+    if (c.K == 0) { /* empty sum: y = bias */
+        for (int m = 0; m < M; m++)
+            for (size_t n = 0; n < c.N; n++)
+                y[(size_t)m * c.N + n] = bias ? bias[n] : 0.0f;
+        return;
+    }
+    c.rs = c.K * sw_dtype_size(c.dt);
+    work = c.N * c.K * (size_t)M;
+    par_for(blocks, 1, work, (c.avx2 && M == 1) ? mm_gemv_task : mm_tile_task, &c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* rmsnorm (pool threads, a range of rows each). Sum of squares in double, as the reference.    */
+
+struct rms_ctx {
+    float *y;
+    const float *x, *w;
+    int H;
+    float eps;
+};
+
+static void rms_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct rms_ctx *c = ctx;
+    size_t H = (size_t)c->H;
+
+    for (size_t m = b; m < e; m++) {
+        const float *xr = c->x + m * H;
+        float *yr = c->y + m * H;
+        double acc[4] = { 0 }, ss;
+        size_t i = 0;
+        float r;
+
+        for (; i + 4 <= H; i += 4)
+            for (int j = 0; j < 4; j++)
+                acc[j] += (double)xr[i + j] * xr[i + j];
+        for (; i < H; i++)
+            acc[0] += (double)xr[i] * xr[i];
+        ss = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        r = 1.0f / sqrtf((float)(ss / (double)H) + c->eps);
+        for (i = 0; i < H; i++)
+            yr[i] = c->w[i] * (xr[i] * r);
+    }
+}
+
+static void cpu_rmsnorm(float *y, const float *x, const float *w, int M, int H, float eps)
+{
+    struct rms_ctx c = { .y = y, .x = x, .w = w, .H = H, .eps = eps };
+
+    if (M <= 0 || H <= 0)
+        return;
+    par_for((size_t)M, 1, (size_t)M * (size_t)H, rms_task, &c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* rope (pool threads, a range of rows m each): cos/sin computed once per row for all heads,    */
+/* with the reference's formula, so the results match it bit for bit.                          */
+
+struct rope_ctx {
+    float *x;
+    const int32_t *pos;
+    const float *inv_freq;
+    int nh, HD;
+    float attn_factor;
+};
+
+static void rope_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct rope_ctx *c = ctx;
+    size_t half = (size_t)c->HD / 2;
+    float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
+
+    for (size_t m = b; m < e; m++) {
+        for (size_t i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+            size_t n = min_sz(ROPE_CHUNK, half - i0);
+
+            for (size_t i = 0; i < n; i++) {
+                float ang = (float)c->pos[m] * c->inv_freq[i0 + i];
+                cs[i] = (float)cos((double)ang) * c->attn_factor;
+                sn[i] = (float)sin((double)ang) * c->attn_factor;
+            }
+            for (int h = 0; h < c->nh; h++) {
+                float *v = c->x + (m * (size_t)c->nh + (size_t)h) * (size_t)c->HD + i0;
+                for (size_t i = 0; i < n; i++) {
+                    float a = v[i], bb = v[i + half];
+                    v[i] = a * cs[i] - bb * sn[i];
+                    v[i + half] = bb * cs[i] + a * sn[i];
+                }
+            }
+        }
+    }
+}
+
+static void cpu_rope(float *x, const int32_t *pos, int M, int nh, int HD, const float *inv_freq,
+                     float attn_factor)
+{
+    struct rope_ctx c = { .x = x, .pos = pos, .inv_freq = inv_freq, .nh = nh, .HD = HD,
+                          .attn_factor = attn_factor };
+
+    if (M <= 0 || nh <= 0 || HD < 2)
+        return;
+    /* weight cos/sin heavily: they cost far more than the rotation */
+    par_for((size_t)M, 1, (size_t)M * (size_t)HD * (size_t)(nh + 32), rope_task, &c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* attention (pool threads, a range of query rows (b, t, h) each; score row from scratch[tid])  */
+
+struct attn_ctx {
+    float *out;
+    const float *q, *k, *v;
+    int T, pos0, max_T, NH, NKV, HD, window;
+    float scale;
+    float *scratch;
+    size_t stride;
+};
+
+SW_INLINE void attn_rows(const struct attn_ctx *c, size_t b0, size_t e0, int tid, int avx2)
+{
+    size_t HD = (size_t)c->HD, group = (size_t)(c->NH / c->NKV);
+    float *sc = c->scratch + (size_t)tid * c->stride;
+
+    for (size_t r = b0; r < e0; r++) {
+        size_t h = r % (size_t)c->NH, t = (r / (size_t)c->NH) % (size_t)c->T;
+        size_t b = r / ((size_t)c->NH * (size_t)c->T), kvh = h / group;
+        int p = c->pos0 + (int)t;
+        int lo = (c->window > 0 && p - c->window + 1 > 0) ? p - c->window + 1 : 0;
+        const float *qv = c->q + r * HD;
+        const float *kb = c->k + (b * (size_t)c->NKV + kvh) * (size_t)c->max_T * HD;
+        const float *vb = c->v + (b * (size_t)c->NKV + kvh) * (size_t)c->max_T * HD;
+        float *o = c->out + r * HD, mx = -INFINITY, inv;
+        double sum = 0.0;
+
+        for (int j = lo; j <= p; j++) {
+#if SW_X86
+            float s = avx2 ? dot_avx2(qv, kb + (size_t)j * HD, HD)
+                           : dot_portable(qv, kb + (size_t)j * HD, HD);
+#else
+            float s = dot_portable(qv, kb + (size_t)j * HD, HD);
+#endif
+            sc[j] = s * c->scale;
+            if (sc[j] > mx)
+                mx = sc[j];
+        }
+        for (int j = lo; j <= p; j++) {
+            sc[j] = expf(sc[j] - mx);
+            sum += sc[j];
+        }
+        memset(o, 0, HD * sizeof(float));
+        for (int j = lo; j <= p; j++) {
+#if SW_X86
+            if (avx2)
+                axpy_avx2(o, sc[j], vb + (size_t)j * HD, HD);
+            else
+#endif
+                axpy_portable(o, sc[j], vb + (size_t)j * HD, HD);
+        }
+        inv = (float)(1.0 / sum);
+        for (size_t d = 0; d < HD; d++)
+            o[d] *= inv;
+    }
+}
+
+static void attn_task_portable(void *ctx, size_t b, size_t e, int tid)
+{
+    attn_rows(ctx, b, e, tid, 0);
+}
+
+#if SW_X86
+SW_AVX2 static void attn_task_avx2(void *ctx, size_t b, size_t e, int tid)
+{
+    attn_rows(ctx, b, e, tid, 1);
+}
+#endif
+
+static void cpu_attention(float *out, const float *q, const float *k, const float *v, int B,
+                          int T, int pos0, int max_T, int NH, int NKV, int HD, int window,
+                          float scale, float *scratch)
+{
+    struct attn_ctx c = {
+        .out = out, .q = q, .k = k, .v = v, .T = T, .pos0 = pos0, .max_T = max_T, .NH = NH,
+        .NKV = NKV, .HD = HD, .window = window, .scale = scale, .scratch = scratch,
+        .stride = ((size_t)max_T + 15) & ~(size_t)15,
+    };
+    size_t rows = (size_t)B * (size_t)T * (size_t)NH;
+    size_t keys = (size_t)pos0 + (size_t)T;
+    sw_pool_fn fn = attn_task_portable;
+
+    if (rows == 0 || HD <= 0)
+        return;
+#if SW_X86
+    if (use_avx2())
+        fn = attn_task_avx2;
+#endif
+    /* the scratch holds one row per thread of the global pool, so always use that pool */
+    par_for(rows, 1, rows * keys * (size_t)HD * 2, fn, &c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* swiglu, add (pool threads, element ranges)                                                  */
+
+struct ew_ctx {
+    float *out;
+    const float *a, *b;
+};
+
+static void swiglu_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct ew_ctx *c = ctx;
+
+    for (size_t i = b; i < e; i++) {
+        float g = c->a[i];
+        c->out[i] = g / (1.0f + expf(-g)) * c->b[i];
+    }
+}
+
+static void cpu_swiglu(float *out, const float *gate, const float *up, size_t n)
+{
+    struct ew_ctx c = { .out = out, .a = gate, .b = up };
+
+    par_for(n, 1024, n * 16, swiglu_task, &c);
+}
+
+static void add_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct ew_ctx *c = ctx;
+    float *restrict y = c->out;
+    const float *restrict x = c->a;
+
+    for (size_t i = b; i < e; i++)
+        y[i] += x[i];
+}
+
+static void cpu_add(float *y, const float *x, size_t n)
+{
+    struct ew_ctx c = { .out = y, .a = x };
+
+    par_for(n, 4096, n / 4, add_task, &c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* embed (pool threads, ranges of the flattened (M, H) output)                                 */
+
+struct embed_ctx {
+    float *y;
+    const sw_tensor_t *table;
+    const int32_t *ids;
+    size_t H;
+    int avx2;
+};
+
+static void embed_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct embed_ctx *c = ctx;
+    size_t es = sw_dtype_size(c->table->dtype);
+
+    while (b < e) {
+        size_t m = b / c->H, i0 = b % c->H, n = min_sz(c->H - i0, e - b);
+        const unsigned char *src =
+            (const unsigned char *)c->table->data + ((size_t)c->ids[m] * c->H + i0) * es;
+
+#if SW_X86
+        if (c->avx2)
+            cvt_avx2(c->y + b, src, n, c->table->dtype);
+        else
+#endif
+            cvt_portable(c->y + b, src, n, c->table->dtype);
+        b += n;
+    }
+}
+
+static void cpu_embed(float *y, const sw_tensor_t *table, const int32_t *ids, int M)
+{
+    struct embed_ctx c = { .y = y, .table = table, .ids = ids, .H = (size_t)table->shape[1],
+                           .avx2 = use_avx2() };
+
+    if (M <= 0 || c.H == 0)
+        return;
+    par_for((size_t)M * c.H, 1024, (size_t)M * c.H / 2, embed_task, &c);
+}
+
+const sw_ops_t sw_ops_cpu = {
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .embed = cpu_embed,
+};

@@ -1,0 +1,300 @@
+/*
+ * bench-gemv.c - how close sw_ops_cpu's matmul comes to this machine's memory bandwidth.
+ *
+ * 1. Memory bandwidth: memcpy of 1 GiB (one thread, then the pool's threads each copying a slice)
+ *    and a read-only streaming sum over 1 GiB on the pool. For memcpy it prints both
+ *    "copy" = (bytes read + bytes written) / time and "read" = bytes read / time (half of copy);
+ *    the read figure is what a GEMV, which only reads weights, is compared with.
+ * 2. GEMV (M = 1, batch-1 decode) with sw_ops_cpu for f32/f16/bf16 weights: weight bytes / time
+ *    and the percentage of the best memcpy read bandwidth. Each call reads a different copy of the
+ *    weights out of >= 2 GiB of copies, so the weights come from DRAM as in a real decode step
+ *    (the L3 of a VM can be large), not from cache.
+ * 3. matmul M = 8 and 32 (small-batch prefill): GFLOP/s = 2*M*N*K / time.
+ *
+ * Every figure is the best of several runs (median in brackets). Usage: bench-gemv [-q] (quick:
+ * fewer repetitions). Not a test: the numbers depend on the machine and its neighbours.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/fast.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+#include "util/alloc.h"
+#include "util/pool.h"
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+#define ROTATE_BYTES (2.0 * GIB) /* weight copies per shape: well over any L3 */
+#define MAXREP 64
+
+static int reps = 7;
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Sorts t[0..n) and returns the best (smallest); *median gets the median. */
+static double best_of(double *t, int n, double *median)
+{
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    *median = t[n / 2];
+    return t[0];
+}
+
+static void *xalloc(size_t n)
+{
+    void *p = sw_alloc_aligned(64, n);
+
+    if (!p) {
+        fprintf(stderr, "bench-gemv: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    memset(p, 1, n); /* fault the pages in */
+    return p;
+}
+
+/* ---------------------------------- memory bandwidth ---------------------------------- */
+
+struct copy_ctx {
+    unsigned char *dst;
+    const unsigned char *src;
+    uint64_t sum[64];
+};
+
+static void copy_task(void *ctx, size_t b, size_t e, int tid)
+{
+    struct copy_ctx *c = ctx;
+
+    memcpy(c->dst + b, c->src + b, e - b);
+}
+
+/* Sums 64-bit words of [b, e) with 8 independent lanes; vectorized with AVX2 where the CPU has it. */
+#if defined(__x86_64__)
+__attribute__((target("avx2")))
+#endif
+static uint64_t sum_words_avx2(const unsigned char *p, size_t n)
+{
+    uint64_t acc[16] = { 0 };
+
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        for (int j = 0; j < 16; j++) {
+            uint64_t v;
+            memcpy(&v, p + (i + j) * 8, 8);
+            acc[j] += v;
+        }
+    }
+    for (int j = 1; j < 16; j++)
+        acc[0] += acc[j];
+    return acc[0];
+}
+
+static void read_task(void *ctx, size_t b, size_t e, int tid)
+{
+    struct copy_ctx *c = ctx;
+
+    c->sum[tid & 63] = sum_words_avx2(c->src + b, (e - b) / 8);
+}
+
+/* Returns the best memcpy read bandwidth in GB/s (1e9 bytes); *roof gets the read-only best. */
+static double bench_memory(double *roof)
+{
+    size_t n = (size_t)GIB;
+    struct copy_ctx c = { .dst = xalloc(n), .src = xalloc(n) };
+    sw_pool_t *pool = sw_pool_global();
+    double t[MAXREP], med, best, best_read = 0;
+
+    printf("memory bandwidth (1 GiB buffers, GB = 1e9 bytes, best of %d [median])\n", reps);
+    printf("  %-34s %12s %12s\n", "", "copy GB/s", "read GB/s");
+    for (int mt = 0; mt < 2; mt++) {
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            if (mt)
+                sw_pool_for(pool, n, 1 << 20, copy_task, &c);
+            else
+                memcpy(c.dst, c.src, n);
+            t[r] = now() - t0;
+        }
+        best = best_of(t, reps, &med);
+        printf("  memcpy, %d thread%s%*s %6.2f [%5.2f] %6.2f [%5.2f]\n",
+               mt ? sw_pool_threads(pool) : 1, (mt && sw_pool_threads(pool) > 1) ? "s" : " ",
+               23, "", 2 * n / best / 1e9, 2 * n / med / 1e9, n / best / 1e9, n / med / 1e9);
+        if (n / best / 1e9 > best_read)
+            best_read = n / best / 1e9;
+    }
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        sw_pool_for(pool, n, 1 << 20, read_task, &c);
+        t[r] = now() - t0;
+    }
+    best = best_of(t, reps, &med);
+    *roof = n / best / 1e9;
+    printf("  read-only sum, %d threads%*s %12s %6.2f [%5.2f]\n", sw_pool_threads(pool), 17, "",
+           "-", n / best / 1e9, n / med / 1e9);
+    printf("  (glibc memcpy of this size may use ordinary stores: the destination is then read too\n"
+           "   (write-allocate), so DRAM moves more than \"copy\" counts and a pure read can beat it)\n");
+    printf("  %%memcpy below = GB/s / %.2f (best memcpy read); %%read = GB/s / %.2f (read-only)\n\n",
+           best_read, *roof);
+    sw_free(c.dst);
+    sw_free((void *)c.src);
+    return best_read;
+}
+
+/* ---------------------------------------- GEMV ---------------------------------------- */
+
+struct weights {
+    sw_tensor_t w[64];
+    int copies;
+};
+
+/* Enough copies of an (N, K) matrix of dtype dt to span >= 2 GiB (so reads miss every cache). */
+static void weights_make(struct weights *ws, sw_dtype_t dt, int64_t N, int64_t K)
+{
+    size_t nb = (size_t)(N * K) * sw_dtype_size(dt);
+    int copies = (int)((ROTATE_BYTES + (double)nb - 1) / (double)nb);
+    unsigned long long s = 88172645463325252ull;
+
+    if (copies < 2)
+        copies = 2;
+    if (copies > 64)
+        copies = 64;
+    ws->copies = copies;
+    for (int c = 0; c < copies; c++) {
+        int64_t shape[2] = { N, K };
+        if (sw_tensor_alloc(&ws->w[c], dt, 2, shape) < 0) {
+            fprintf(stderr, "bench-gemv: out of memory\n");
+            exit(1);
+        }
+    }
+    /* finite values of magnitude ~1e-2..1; the copies are identical (timing only) */
+    for (size_t i = 0; i < nb / 2; i++) {
+        uint16_t *h = ws->w[0].data;
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        h[i] = dt == SW_DTYPE_F32 && (i & 1) == 0 ? (uint16_t)s
+                                                 : (uint16_t)((0x3c00 + (s & 0x3ff)) | (s & 0x8000));
+    }
+    for (int c = 1; c < copies; c++)
+        memcpy(ws->w[c].data, ws->w[0].data, nb);
+}
+
+static void weights_free(struct weights *ws)
+{
+    for (int c = 0; c < ws->copies; c++)
+        sw_tensor_free(&ws->w[c]);
+}
+
+/* Best and median seconds of one matmul call with M rows, each call on the next copy. */
+static double time_matmul(struct weights *ws, float *y, const float *x, int M, double *med)
+{
+    double t[MAXREP];
+    int calls = ws->copies < reps ? reps : ws->copies, n = 0, ci = 0;
+
+    if (calls > MAXREP)
+        calls = MAXREP;
+    for (int c = 0; c < ws->copies; c++) /* warm-up: one pass over every copy */
+        sw_ops_cpu.matmul(y, x, &ws->w[c], NULL, M);
+    for (int r = 0; r < calls; r++) {
+        double t0 = now();
+        sw_ops_cpu.matmul(y, x, &ws->w[ci], NULL, M);
+        t[n++] = now() - t0;
+        ci = (ci + 1) % ws->copies;
+    }
+    return best_of(t, n, med);
+}
+
+static void print_gemv(sw_dtype_t dt, int64_t N, int64_t K, double best, double med,
+                       double membw, double roof, const char *note)
+{
+    double nb = (double)N * (double)K * (double)sw_dtype_size(dt);
+
+    printf("  %-6s %5lldx%-8lld %8.1f %8.3f [%7.3f] %12.2f %7.0f%% %7.0f%%%s\n", sw_dtype_name(dt),
+           (long long)N, (long long)K, nb / (1 << 20), best * 1e3, med * 1e3, nb / best / 1e9,
+           100.0 * nb / best / 1e9 / membw, 100.0 * nb / best / 1e9 / roof, note);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct { int64_t N, K; int all_dtypes; } shapes[] = {
+        { 4096, 4096, 1 }, { 4096, 11008, 1 }, { 11008, 4096, 1 }, { 8192, 28672, 0 },
+    };
+    static const sw_dtype_t dts[3] = { SW_DTYPE_BF16, SW_DTYPE_F16, SW_DTYPE_F32 };
+    float *x, *y;
+    double membw, roof;
+
+    if (argc > 1 && strcmp(argv[1], "-q") == 0)
+        reps = 3;
+    printf("bench-gemv: sw_ops_cpu simd %s, %d pool threads\n\n", sw_cpu_simd_name(),
+           sw_pool_threads(sw_pool_global()));
+    membw = bench_memory(&roof);
+    x = xalloc(32 * 28672 * sizeof(float));
+    y = xalloc(32 * 28672 * sizeof(float));
+    for (size_t i = 0; i < 32 * 28672; i++)
+        x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+
+    printf("GEMV, M = 1 (weights streamed from DRAM: each call reads the next of >= 2 GiB of copies)\n");
+    printf("  %-6s %-14s %8s %18s %12s %8s %8s\n", "dtype", "N x K", "MiB", "time ms [median]",
+           "weight GB/s", "%memcpy", "%read");
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        for (int d = 0; d < 3; d++) {
+            struct weights ws;
+            double med, best;
+            int copies;
+
+            if (!shapes[s].all_dtypes && dts[d] != SW_DTYPE_BF16)
+                continue;
+            weights_make(&ws, dts[d], shapes[s].N, shapes[s].K);
+            copies = ws.copies;
+            best = time_matmul(&ws, y, x, 1, &med);
+            print_gemv(dts[d], shapes[s].N, shapes[s].K, best, med, membw, roof, "");
+            if (s == 0 && dts[d] == SW_DTYPE_BF16) {
+                sw_cpu_force_portable(1);
+                best = time_matmul(&ws, y, x, 1, &med);
+                sw_cpu_force_portable(0);
+                print_gemv(dts[d], shapes[s].N, shapes[s].K, best, med, membw, roof,
+                           "  portable path");
+                ws.copies = 1; /* the same copy each call: served from cache, for contrast */
+                best = time_matmul(&ws, y, x, 1, &med);
+                ws.copies = copies;
+                print_gemv(dts[d], shapes[s].N, shapes[s].K, best, med, membw, roof,
+                           "  hot: one copy, cache-resident");
+            }
+            weights_free(&ws);
+        }
+    }
+
+    printf("\nmatmul, M = 8 and 32 (GFLOP/s = 2*M*N*K / time)\n");
+    printf("  %-6s %-14s %4s %18s %10s\n", "dtype", "N x K", "M", "time ms [median]", "GFLOP/s");
+    for (size_t s = 0; s < 3; s++) {
+        for (int d = 0; d < 3; d++) {
+            struct weights ws;
+
+            weights_make(&ws, dts[d], shapes[s].N, shapes[s].K);
+            for (int M = 8; M <= 32; M *= 4) {
+                double med, best = time_matmul(&ws, y, x, M, &med);
+                double fl = 2.0 * M * shapes[s].N * shapes[s].K;
+                printf("  %-6s %5lldx%-8lld %4d %8.3f [%7.3f] %10.1f\n", sw_dtype_name(dts[d]),
+                       (long long)shapes[s].N, (long long)shapes[s].K, M, best * 1e3, med * 1e3,
+                       fl / best / 1e9);
+            }
+            weights_free(&ws);
+        }
+    }
+    sw_free(x);
+    sw_free(y);
+    return 0;
+}
