@@ -42,6 +42,7 @@ struct sw_span {
 struct sw_kv {
     const sw_span_t *span;
     int B, max_len, len;
+    int64_t rope_cached; /* transformers' dynamic-RoPE length state for this session */
     float *k, *v;        /* per block: (B, NKV, max_len, HD) */
     /* scratch for B * SW_CHUNK rows */
     float *h, *xn, *q, *kn, *vn, *att, *gate, *up, *tmp;
@@ -401,6 +402,7 @@ int sw_kv_len(const sw_kv_t *kv)
 void sw_kv_reset(sw_kv_t *kv)
 {
     kv->len = 0;
+    kv->rope_cached = 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -433,8 +435,9 @@ static void block_forward(const sw_kv_t *kv, const block_t *bl, int li, const sw
             }
         }
     }
-    ops->attention(kv->att, kv->q, kc, vc, B, Tc, pos0, max_len, NH, NKV, HD, c->sliding_window,
-                   1.0f / sqrtf((float)HD), kv->attn_scratch);
+    ops->attention(kv->att, kv->q, kc, vc, B, Tc, pos0, max_len, NH, NKV, HD,
+                   sw_model_layer_window(c, kv->span->a + li), 1.0f / sqrtf((float)HD),
+                   kv->attn_scratch);
     ops->matmul(kv->tmp, kv->att, &bl->wo, bl->bo, M);
     ops->add(kv->h, kv->tmp, (size_t)M * H);
 
@@ -460,7 +463,8 @@ int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float 
         return sw_err(SW_ELIMIT, "%d new tokens do not fit: %d of %d positions are used; start "
                       "a new session or raise the context length", T, kv->len, kv->max_len);
     /* transformers computes the frequencies once per forward, from its largest position */
-    sw_rope_inv_freq(c, (int64_t)kv->len + T, kv->inv_freq, &attn_factor);
+    sw_rope_inv_freq(c, sw_rope_dynamic_len(c, &kv->rope_cached, (int64_t)kv->len + T),
+                     kv->inv_freq, &attn_factor);
     for (int t0 = 0; t0 < T; t0 += SW_CHUNK) {
         int Tc = T - t0 < SW_CHUNK ? T - t0 : SW_CHUNK, pos0 = kv->len + t0;
         for (int b = 0; b < B; b++) {

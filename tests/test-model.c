@@ -16,6 +16,7 @@
 #include "test.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/pool.h"
 
 #define LOGITS_TOL 1e-5
 
@@ -395,7 +396,10 @@ static void test_mismatched_checkpoint_refused(void)
 
 int main(void)
 {
-    long live = sw_alloc_live();
+    long live;
+
+    sw_pool_global(); /* the process-wide pool lives until exit */
+    live = sw_alloc_live();
 
     SW_RUN(test_logits_match_transformers);
     SW_RUN(test_greedy_matches_transformers);

@@ -491,12 +491,12 @@ static void test_alloc_failures(void)
     fill_valid_data(data);
     img = build_image(valid_hdr, data, sizeof(data), &n);
     SW_CHECK(img);
-    for (long k = 0; k < 100 && r != 0; k++) {
+    for (long k = 0; k < 2000 && r != 0; k++) {
         sw_alloc_fail_after(k);
         r = sw_st_open_buffer(img, n, "mem", &f);
         sw_alloc_fail_after(-1);
         if (r != 0) {
-            SW_CHECKF(r == -ENOMEM, "k=%ld r=%d", k, r);
+            SW_CHECKF(r == -ENOMEM, "k=%ld r=%d %s", k, r, sw_err_detail());
             SW_CHECK(f == NULL);
             SW_CHECK(sw_alloc_live() == live + 1);
         }

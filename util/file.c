@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -103,12 +104,40 @@ void sw_file_unmap(sw_mmap_t *m)
     m->size = 0;
 }
 
+static pthread_once_t json_once = PTHREAD_ONCE_INIT;
+
+/*
+ * jansson allocates through the seam too, so leak counts and fault injection cover JSON. It does
+ * not report allocation failures reliably (they look like syntax errors), so the wrapper notes
+ * them for sw_json_parse.
+ */
+static _Thread_local int json_oom;
+
+static void *json_malloc(size_t n)
+{
+    void *p = sw_malloc(n);
+
+    if (!p)
+        json_oom = 1;
+    return p;
+}
+
+static void json_use_seam(void)
+{
+    json_set_alloc_funcs(json_malloc, sw_free);
+}
+
 int sw_json_parse(const char *text, size_t len, const char *what, json_t **out)
 {
     json_error_t e;
     json_t *j;
 
+    pthread_once(&json_once, json_use_seam);
+    json_oom = 0;
+
     j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
+    if (!j && (json_oom || json_error_code(&e) == json_error_out_of_memory))
+        return sw_err(-ENOMEM, "%s: out of memory while parsing JSON", what);
     if (!j)
         return sw_err(SW_EFORMAT, "%s: invalid JSON at line %d column %d: %s", what, e.line,
                       e.column, e.text);
