@@ -557,6 +557,42 @@ static void test_cpu_embed(void)
     }
 }
 
+/* embed converts every f16 and bf16 bit pattern as tensor.h does (NaNs: any NaN of that sign). */
+static void test_cpu_convert_all_halves(void)
+{
+    uint16_t *tab = sw_malloc(65536 * 2);
+    float *y = sw_malloc(65536 * 4);
+    int32_t ids[256];
+    int bad = -1;
+
+    for (uint32_t i = 0; i < 65536; i++)
+        tab[i] = (uint16_t)i;
+    for (int i = 0; i < 256; i++)
+        ids[i] = 255 - i;
+    for (int path = 0; path < 2 && bad < 0; path++)
+    for (int d = 1; d < 3 && bad < 0; d++) {
+        sw_tensor_t t = { .dtype = dtypes[d], .ndim = 2, .shape = { 256, 256 }, .data = tab };
+        memset(y, 0, 65536 * 4);
+        set_path(path);
+        sw_ops_cpu.embed(y, &t, ids, 256);
+        set_path(0);
+        for (uint32_t m = 0; m < 256 && bad < 0; m++)
+            for (uint32_t i = 0; i < 256 && bad < 0; i++) {
+                uint16_t h = (uint16_t)((255 - m) * 256 + i);
+                float want = d == 1 ? sw_f16_to_f32(h) : sw_bf16_to_f32(h), got = y[m * 256 + i];
+                if (isnan(want) ? !(isnan(got) && !!signbit(got) == !!signbit(want))
+                                : sw_f32_bits(got) != sw_f32_bits(want)) {
+                    fprintf(stderr, "  path %d %s 0x%04x -> %a, want %a\n", path,
+                            sw_dtype_name(dtypes[d]), h, (double)got, (double)want);
+                    bad = (int)h;
+                }
+            }
+    }
+    sw_free(tab);
+    sw_free(y);
+    SW_CHECK(bad < 0);
+}
+
 /* No op allocates: with every allocation failing, each still runs and the live count holds. */
 static void test_cpu_no_alloc(void)
 {
@@ -616,6 +652,7 @@ int main(void)
     SW_RUN(test_cpu_attention);
     SW_RUN(test_cpu_elementwise);
     SW_RUN(test_cpu_embed);
+    SW_RUN(test_cpu_convert_all_halves);
     SW_RUN(test_cpu_no_alloc);
     if (sw_alloc_live() != live0) {
         fprintf(stderr, "leak: %ld allocations live\n", sw_alloc_live() - live0);
