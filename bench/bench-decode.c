@@ -49,7 +49,7 @@ static int write_checkpoint(const char *dir, int layers, sw_dtype_t dt)
     static const char *dtn[] = { "F32", "F16", "BF16" };
     size_t es = sw_dtype_size(dt), nspec = 0, cap = (size_t)layers * 9 + 3;
     spec_t *s = calloc(cap, sizeof(*s));
-    char path[512], *hdr = malloc(1 << 20);
+    char path[1024], *hdr = malloc(1 << 20);
     size_t hl = 0, off = 0;
     FILE *f;
 
@@ -163,8 +163,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot load: %s\n", sw_err_detail());
         return 1;
     }
-    double memcpy_gbs = sw_bench_memcpy_gbs(1u << 30, 5);
-    double read_gbs = sw_bench_read_gbs(1u << 30, 5);
+    double read_gbs, memcpy_gbs;
+    reps = 5;
+    memcpy_gbs = bench_memory(&read_gbs);
 
     float *logits = sw_malloc(V * sizeof(float));
     int32_t prompt[8] = { 1, 2, 3, 4, 5, 6, 7, 8 }, id;
@@ -172,9 +173,9 @@ int main(int argc, char **argv)
     double best = 1e30, total = 0;
     for (int s = 0; s < steps; s++) {
         id = sw_argmax(logits, V);
-        double t0 = sw_bench_now();
+        double t0 = now();
         r = sw_local_forward(l, &sw_ops_cpu, &id, 1, 0, logits);
-        double dtm = sw_bench_now() - t0;
+        double dtm = now() - t0;
         if (r < 0) {
             fprintf(stderr, "decode failed: %s\n", sw_err_detail());
             return 1;
@@ -188,8 +189,6 @@ int main(int argc, char **argv)
                  + (double)V * H * sw_dtype_size(dt);
     double mean = total / steps;
     printf("threads %d, weights %.2f GB per token (%s)\n", sw_pool_threads(sw_pool_global()), bytes / 1e9, sw_dtype_name(dt));
-    printf("memcpy bandwidth     %6.2f GB/s (bytes copied per second)\n", memcpy_gbs);
-    printf("read-only bandwidth  %6.2f GB/s (vector sum over 1 GiB)\n", read_gbs);
     printf("decode mean          %6.2f tok/s  %6.2f GB/s weights  = %3.0f%% of memcpy, %3.0f%% of read-only\n",
            1.0 / mean, bytes / mean / 1e9, 100.0 * bytes / mean / 1e9 / memcpy_gbs, 100.0 * bytes / mean / 1e9 / read_gbs);
     printf("decode best          %6.2f tok/s  %6.2f GB/s weights  = %3.0f%% of memcpy, %3.0f%% of read-only\n",

@@ -10,7 +10,7 @@ deploy/install-deps.sh
 ninja -C build >/dev/null
 model=tests/fixtures/llama-gqa-llama3
 echo "== swarmd inspect --model $model (head)"
-build/swarmd inspect --model "$model" | head -8
+build/swarmd inspect --model "$model" | sed -n 1,8p
 echo "== swarmd eval: per-position argmax and log-probability"
 build/swarmd eval --model "$model" --tokens 1,15,300,42,7,99
 echo "== swarmd generate --local: 16 greedy tokens"

@@ -6,6 +6,8 @@
  *
  * All activations are fp32, row-major. Shapes use the glossary in tensor.h; M = rows (B*T).
  * Every op writes only its output; none allocates. Pointers must not alias unless stated.
+ * Weight tensors may point straight into a checkpoint mapping, so their data need not be
+ * aligned to the element size: backends load them unaligned.
  */
 #ifndef SW_KERNELS_OPS_H
 #define SW_KERNELS_OPS_H

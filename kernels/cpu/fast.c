@@ -22,6 +22,9 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,9 +62,12 @@ static int simd_detect(void)
     if (env && strcmp(env, "portable") == 0)
         return 0;
 #if SW_X86
+    /* clang 14 knows no "f16c" for __builtin_cpu_supports: read CPUID leaf 1, ECX bit 29 */
+    unsigned a, b, c, d;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C))
+        return 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif

@@ -3,6 +3,7 @@
  * Fast versions (cpu/fast.c, cuda/) are tested against these; keep them obviously correct.
  */
 #include <math.h>
+#include <string.h>
 
 #include "../ops.h"
 #include "../../util/pool.h"
@@ -11,9 +12,10 @@
 static float w_at(const sw_tensor_t *w, int64_t idx)
 {
     switch (w->dtype) {
-    case SW_DTYPE_F32: return ((const float *)w->data)[idx];
-    case SW_DTYPE_F16: return sw_f16_to_f32(((const uint16_t *)w->data)[idx]);
-    case SW_DTYPE_BF16: return sw_bf16_to_f32(((const uint16_t *)w->data)[idx]);
+    /* memcpy loads: weights in a checkpoint mapping need not be aligned to their element size */
+    case SW_DTYPE_F32: { float f; memcpy(&f, (const char *)w->data + 4 * idx, 4); return f; }
+    case SW_DTYPE_F16: { uint16_t h; memcpy(&h, (const char *)w->data + 2 * idx, 2); return sw_f16_to_f32(h); }
+    case SW_DTYPE_BF16: { uint16_t h; memcpy(&h, (const char *)w->data + 2 * idx, 2); return sw_bf16_to_f32(h); }
     default: return NAN;
     }
 }
