@@ -65,7 +65,7 @@ static void version(void)
         printf("cuda: not compiled in\n");
         return;
     }
-    printf("cuda: compiled for sm_%s; %d device%s visible\n", SW_CUDA_ARCHS, n, n == 1 ? "" : "s");
+    printf("cuda: compiled for %s; %d device%s visible\n", SW_CUDA_ARCHS, n, n == 1 ? "" : "s");
     for (int i = 0; i < n; i++) {
         char name[256];
         if (sw_cuda_device_name(i, name, sizeof(name)) == 0)
