@@ -12,6 +12,8 @@
 #include "safetensors.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -754,4 +756,185 @@ size_t sw_st_dir_shards(const sw_st_dir_t *d)
 size_t sw_st_dir_shards_open(const sw_st_dir_t *d)
 {
     return d->nopen;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* writing                                                                                     */
+
+typedef struct {
+    char *name;
+    sw_st_dtype_t dtype;
+    int ndim;
+    int64_t shape[SW_ST_MAX_DIMS];
+    const void *data;
+    uint64_t nbytes;
+} wentry_t;
+
+struct sw_st_writer {
+    wentry_t *e;
+    size_t n, cap;
+    json_t *meta;
+};
+
+int sw_st_writer_new(sw_st_writer_t **out)
+{
+    sw_st_writer_t *w = sw_calloc(1, sizeof(*w));
+
+    if (!w)
+        return -ENOMEM;
+    w->meta = json_object();
+    if (!w->meta) {
+        sw_free(w);
+        return -ENOMEM;
+    }
+    *out = w;
+    return 0;
+}
+
+void sw_st_writer_free(sw_st_writer_t *w)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->n; i++)
+        sw_free(w->e[i].name);
+    sw_free(w->e);
+    json_decref(w->meta);
+    sw_free(w);
+}
+
+int sw_st_writer_add(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int ndim,
+                     const int64_t *shape, const void *data, uint64_t nbytes)
+{
+    uint64_t n = sw_st_dtype_size(dt);
+    wentry_t *e;
+
+    if (ndim < 0 || ndim > SW_ST_MAX_DIMS)
+        return sw_err(-EINVAL, "tensor %s: %d dimensions", name, ndim);
+    for (int i = 0; i < ndim; i++)
+        n *= (uint64_t)shape[i];
+    if (n != nbytes)
+        return sw_err(-EINVAL, "tensor %s: %llu bytes given, shape needs %llu", name,
+                      (unsigned long long)nbytes, (unsigned long long)n);
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 64;
+        wentry_t *ne = sw_realloc(w->e, cap * sizeof(*ne));
+        if (!ne)
+            return -ENOMEM;
+        w->e = ne;
+        w->cap = cap;
+    }
+    e = &w->e[w->n];
+    memset(e, 0, sizeof(*e));
+    e->name = sw_strdup(name);
+    if (!e->name)
+        return -ENOMEM;
+    e->dtype = dt;
+    e->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        e->shape[i] = shape[i];
+    e->data = data;
+    e->nbytes = nbytes;
+    w->n++;
+    return 0;
+}
+
+int sw_st_writer_metadata(sw_st_writer_t *w, const char *key, const char *value)
+{
+    return json_object_set_new(w->meta, key, json_string(value)) == 0 ? 0 : -ENOMEM;
+}
+
+static int cmp_wentry(const void *a, const void *b)
+{
+    const wentry_t *x = a, *y = b;
+    size_t sx = sw_st_dtype_size(x->dtype), sy = sw_st_dtype_size(y->dtype);
+
+    if (sx != sy)
+        return sx > sy ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static int write_all(FILE *f, const void *p, size_t n)
+{
+    return fwrite(p, 1, n, f) == n ? 0 : -EIO;
+}
+
+int sw_st_writer_save(sw_st_writer_t *w, const char *path)
+{
+    json_t *hdr = json_object(), *shape, *ent;
+    char *text = NULL, *tmp = NULL;
+    uint64_t off = 0, hlen;
+    FILE *f = NULL;
+    int r = -ENOMEM;
+
+    if (!hdr)
+        return -ENOMEM;
+    qsort(w->e, w->n, sizeof(*w->e), cmp_wentry);
+    if (json_object_size(w->meta) && json_object_set(hdr, "__metadata__", w->meta) != 0)
+        goto out;
+    for (size_t i = 0; i < w->n; i++) {
+        const wentry_t *e = &w->e[i];
+        shape = json_array();
+        ent = json_object();
+        if (!shape || !ent) {
+            json_decref(shape);
+            json_decref(ent);
+            goto out;
+        }
+        for (int d = 0; d < e->ndim; d++)
+            json_array_append_new(shape, json_integer(e->shape[d]));
+        json_object_set_new(ent, "dtype", json_string(sw_st_dtype_name(e->dtype)));
+        json_object_set_new(ent, "shape", shape);
+        json_object_set_new(ent, "data_offsets",
+                            json_pack("[II]", (json_int_t)off, (json_int_t)(off + e->nbytes)));
+        if (json_object_set_new(hdr, e->name, ent) != 0)
+            goto out;
+        off += e->nbytes;
+    }
+    text = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text)
+        goto out;
+    hlen = strlen(text);
+    tmp = sw_malloc(strlen(path) + 5);
+    if (!tmp)
+        goto out;
+    sprintf(tmp, "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f) {
+        r = sw_err(-errno, "%s: cannot create: %s", tmp, strerror(errno));
+        goto out;
+    }
+    {
+        uint64_t padded = (hlen + 7) & ~(uint64_t)7;
+        uint8_t le[8];
+        for (int i = 0; i < 8; i++)
+            le[i] = (uint8_t)(padded >> (8 * i));
+        r = write_all(f, le, 8);
+        if (r == 0)
+            r = write_all(f, text, hlen);
+        for (uint64_t i = hlen; r == 0 && i < padded; i++)
+            r = fputc(' ', f) == ' ' ? 0 : -EIO;
+    }
+    for (size_t i = 0; r == 0 && i < w->n; i++)
+        r = write_all(f, w->e[i].data, w->e[i].nbytes);
+    if (fclose(f) != 0 && r == 0)
+        r = -EIO;
+    f = NULL;
+    if (r < 0) {
+        r = sw_err(r, "%s: write failed; check free space", tmp);
+        unlink(tmp);
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        r = sw_err(-errno, "%s: cannot rename into place: %s", path, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    r = 0;
+out:
+    if (f)
+        fclose(f);
+    sw_free(text); /* jansson allocates through the seam (util/file.c) */
+    sw_free(tmp);
+    json_decref(hdr);
+    return r;
 }

@@ -87,4 +87,24 @@ size_t sw_st_dir_shards_open(const sw_st_dir_t *d);
 size_t sw_st_dtype_size(sw_st_dtype_t dt);
 const char *sw_st_dtype_name(sw_st_dtype_t dt);
 
+
+/* ---- writing ---- */
+
+/*
+ * Collects tensors, then writes one safetensors file. The header is padded with spaces to a
+ * multiple of 8 bytes and tensors are laid out contiguously (no gaps, as the reference loader
+ * requires), widest dtype first and by name within a dtype, so every tensor is aligned to its
+ * element size in the file. The file is written to "<path>.tmp" and renamed into place.
+ */
+typedef struct sw_st_writer sw_st_writer_t;
+
+int sw_st_writer_new(sw_st_writer_t **out);
+/* Adds a tensor; `data` (nbytes) is borrowed until sw_st_writer_save returns. The name is copied. */
+int sw_st_writer_add(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int ndim,
+                     const int64_t *shape, const void *data, uint64_t nbytes);
+/* Adds a __metadata__ string entry (copied). */
+int sw_st_writer_metadata(sw_st_writer_t *w, const char *key, const char *value);
+int sw_st_writer_save(sw_st_writer_t *w, const char *path);
+void sw_st_writer_free(sw_st_writer_t *w);
+
 #endif

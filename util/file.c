@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -104,8 +103,6 @@ void sw_file_unmap(sw_mmap_t *m)
     m->size = 0;
 }
 
-static pthread_once_t json_once = PTHREAD_ONCE_INIT;
-
 /*
  * jansson allocates through the seam too, so leak counts and fault injection cover JSON. It does
  * not report allocation failures reliably (they look like syntax errors), so the wrapper notes
@@ -122,7 +119,8 @@ static void *json_malloc(size_t n)
     return p;
 }
 
-static void json_use_seam(void)
+/* Runs before main(), so every jansson allocation, parse or build, goes through the seam. */
+__attribute__((constructor)) static void json_use_seam(void)
 {
     json_set_alloc_funcs(json_malloc, sw_free);
 }
@@ -132,7 +130,6 @@ int sw_json_parse(const char *text, size_t len, const char *what, json_t **out)
     json_error_t e;
     json_t *j;
 
-    pthread_once(&json_once, json_use_seam);
     json_oom = 0;
 
     j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
