@@ -53,9 +53,19 @@ double sw_quant_bits_per_weight(const sw_tensor_t *w);
 /*
  * q (n) = nearest entry of sw_q8_dynamic_map to x / absmax (ties to the lower code), per block of
  * `blocksize` consecutive elements; absmax (ceil(n / blocksize)) = max |x| of each block.
+ * x is scaled by multiplication with 1.0f / absmax, as bnb does; an all-zero block gives
+ * absmax 0 and codes 0 (NaN path, like CUDA bnb), which dequantize to -0.0.
+ * Any blocksize >= 1 works; bnb uses 64..4096 (4096 for hivemind payloads, 256 nested/optimizer).
  */
 void sw_q8_quantize(const float *x, size_t n, int blocksize, uint8_t *q, float *absmax);
 /* x (n) = map[q] * absmax[i / blocksize], in fp32. */
 void sw_q8_dequantize(const uint8_t *q, const float *absmax, size_t n, int blocksize, float *x);
+/*
+ * Nearest entry of the sorted 256-entry `code` to x, by bnb's exact binary descent (dQuantize):
+ * a value exactly on a midpoint goes to the code the descent ended on; NaN gives code 0.
+ */
+uint8_t sw_q8_quantize_one(const float *code, float x);
+/* Regenerates the signed dynamic map into map (256) from bnb's recipe (see quant.c). */
+void sw_q8_create_dynamic_map(float map[256]);
 
 #endif
