@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../util/alloc.h"
 
@@ -18,6 +19,14 @@ const float sw_nf4_code[16] = {
     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+};
+
+/* Float32 midpoints of adjacent NF4 codes, the literals of bnb's dQuantizeNF4 (bnb.md §1.2). */
+const float sw_nf4_thresholds[15] = {
+    -0.8480963706970215f, -0.6106328964233398f, -0.4599952697753906f, -0.33967941999435425f,
+    -0.23460739850997925f, -0.13791173696517944f, -0.045525018125772476f, 0.03979014977812767f,
+    0.120255246758461f, 0.2035212516784668f, 0.2920137643814087f, 0.3893125355243683f,
+    0.5016634464263916f, 0.6427869200706482f, 0.8614784479141235f,
 };
 
 /*
@@ -201,4 +210,298 @@ void sw_q8_dequantize(const uint8_t *q, const float *absmax, size_t n, int block
 {
     for (size_t i = 0; i < n; i++)
         x[i] = sw_q8_dynamic_map[q[i]] * absmax[i / (size_t)blocksize];
+}
+
+/* ---- NF4 ---- */
+
+void sw_nf4_quantize(const float *x, size_t n, int blocksize, uint8_t *packed, float *absmax)
+{
+    memset(packed, 0, (n + 1) / 2);
+    if (n % 2)
+        packed[n / 2] = 7; /* the pad element is 0.0 -> code 7 in the low nibble */
+    for (size_t b0 = 0, blk = 0; b0 < n; b0 += (size_t)blocksize, blk++) {
+        size_t end = b0 + (size_t)blocksize < n ? b0 + (size_t)blocksize : n;
+        float amax = 0.0f, inv;
+
+        for (size_t i = b0; i < end; i++)
+            amax = fmaxf(amax, fabsf(x[i]));
+        absmax[blk] = amax;
+        inv = 1.0f / amax;
+        for (size_t i = b0; i < end; i++) {
+            uint8_t q = sw_nf4_quantize_one(x[i] * inv);
+
+            packed[i / 2] |= (uint8_t)(i % 2 ? q : q << 4);
+        }
+    }
+}
+
+void sw_nf4_dequantize(const uint8_t *packed, const float *absmax, size_t n, int blocksize,
+                       float *x)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned q = i % 2 ? packed[i / 2] & 15u : packed[i / 2] >> 4;
+
+        x[i] = sw_nf4_code[q] * absmax[i / (size_t)blocksize];
+    }
+}
+
+void sw_nf4_double_quant(const float *absmax, int64_t nblocks, uint8_t *qabsmax,
+                         float *nested_absmax, float *offset, float *scratch)
+{
+    double sum = 0.0;
+    float off;
+
+    for (int64_t b = 0; b < nblocks; b++)
+        sum += absmax[b];
+    off = nblocks ? (float)(sum / (double)nblocks) : 0.0f;
+    for (int64_t b = 0; b < nblocks; b++)
+        scratch[b] = absmax[b] - off;
+    sw_q8_quantize(scratch, (size_t)nblocks, 256, qabsmax, nested_absmax);
+    *offset = off;
+}
+
+void sw_nf4_absmax_range(const sw_qstate_t *qs, int64_t b0, int64_t n, float *out)
+{
+    if (!qs->qabsmax) {
+        memcpy(out, qs->absmax + b0, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int64_t b = b0 + i;
+        /* volatile keeps the two roundings apart even where the compiler would contract an FMA */
+        volatile float p = sw_q8_dynamic_map[qs->qabsmax[b]] * qs->nested_absmax[b / qs->nested_blocksize];
+
+        out[i] = p + qs->offset;
+    }
+}
+
+/* ---- LLM.int8() ---- */
+
+void sw_int8_quantize_rows(const float *w, int64_t N, int64_t K, int8_t *q, float *scb)
+{
+    for (int64_t n = 0; n < N; n++) {
+        const float *r = w + n * K;
+        float amax = 0.0f, scale;
+
+        for (int64_t k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(r[k]));
+        scb[n] = amax;
+        scale = 127.0f / amax;
+        for (int64_t k = 0; k < K; k++) {
+            float v = amax > 0.0f ? nearbyintf(r[k] * scale) : 0.0f;
+
+            q[n * K + k] = (int8_t)fmaxf(-127.0f, fminf(127.0f, v));
+        }
+    }
+}
+
+/* ---- quantized tensors ---- */
+
+#define ALIGN64(x) (((x) + 63) & ~(size_t)63)
+#define CONVERT_CHUNK 65536 /* elements of the dense weight converted to fp32 at a time */
+
+size_t sw_qtensor_state_bytes(const sw_tensor_t *w)
+{
+    const sw_qstate_t *qs = w->qs;
+
+    if (!qs)
+        return 0;
+    if (w->dtype == SW_DTYPE_I8)
+        return (size_t)w->shape[0] * sizeof(float);
+    if (qs->qabsmax) {
+        int64_t nn = (qs->nblocks + qs->nested_blocksize - 1) / qs->nested_blocksize;
+        return (size_t)qs->nblocks + (size_t)nn * sizeof(float) + sizeof(float);
+    }
+    return (size_t)qs->nblocks * sizeof(float);
+}
+
+double sw_quant_bits_per_weight(const sw_tensor_t *w)
+{
+    double numel = (double)sw_tensor_numel(w);
+
+    if (numel <= 0)
+        return 0.0;
+    return 8.0 * (double)(sw_tensor_nbytes(w) + sw_qtensor_state_bytes(w)) / numel;
+}
+
+static int check_dense_2d(const sw_tensor_t *d)
+{
+    if (d->ndim != 2 || d->shape[0] <= 0 || d->shape[1] <= 0 || d->qs)
+        return -EINVAL;
+    if (d->dtype != SW_DTYPE_F32 && d->dtype != SW_DTYPE_F16 && d->dtype != SW_DTYPE_BF16)
+        return -EINVAL;
+    return 0;
+}
+
+/* fp32 copy of elements [i0, i0 + n) of a dense tensor (any alignment). */
+static void dense_f32(const sw_tensor_t *d, size_t i0, size_t n, float *out)
+{
+    size_t es = sw_dtype_size(d->dtype);
+    const unsigned char *p = (const unsigned char *)d->data + i0 * es;
+
+    if (d->dtype == SW_DTYPE_F32) {
+        memcpy(out, p, n * 4);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+
+        memcpy(&h, p + i * 2, 2);
+        out[i] = d->dtype == SW_DTYPE_F16 ? sw_f16_to_f32(h) : sw_bf16_to_f32(h);
+    }
+}
+
+int sw_quantize_nf4(const sw_tensor_t *dense, int blocksize, int double_quant, sw_tensor_t *out)
+{
+    size_t numel, nblocks, nnested, off_data, off_abs, off_nested, total, chunk;
+    unsigned char *base = NULL;
+    float *tmp = NULL, *absmax = NULL;
+    sw_qstate_t *qs;
+    int r;
+
+    if ((r = check_dense_2d(dense)) < 0)
+        return r;
+    if (blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)))
+        return -EINVAL;
+    numel = (size_t)dense->shape[0] * (size_t)dense->shape[1];
+    nblocks = (numel + (size_t)blocksize - 1) / (size_t)blocksize;
+    nnested = (nblocks + 255) / 256;
+    off_data = ALIGN64(sizeof(sw_qstate_t));
+    off_abs = ALIGN64(off_data + (numel + 1) / 2);
+    off_nested = ALIGN64(off_abs + nblocks * (double_quant ? 1 : sizeof(float)));
+    total = off_nested + (double_quant ? nnested * sizeof(float) : 0);
+    chunk = (CONVERT_CHUNK / (size_t)blocksize) * (size_t)blocksize; /* whole, even blocks */
+    base = sw_alloc_aligned(64, total);
+    tmp = sw_malloc(chunk * sizeof(float));
+    absmax = double_quant ? sw_malloc(2 * nblocks * sizeof(float)) : (float *)(void *)(base + off_abs);
+    if (!base || !tmp || !absmax) {
+        r = -ENOMEM;
+        goto out;
+    }
+    memset(base, 0, off_data);
+    for (size_t i0 = 0; i0 < numel; i0 += chunk) {
+        size_t n = numel - i0 < chunk ? numel - i0 : chunk;
+
+        dense_f32(dense, i0, n, tmp);
+        sw_nf4_quantize(tmp, n, blocksize, base + off_data + i0 / 2, absmax + i0 / (size_t)blocksize);
+    }
+    qs = (sw_qstate_t *)(void *)base;
+    qs->blocksize = blocksize;
+    qs->nblocks = (int64_t)nblocks;
+    qs->nested_blocksize = 256;
+    if (double_quant) {
+        uint8_t *qa = base + off_abs;
+        float *na = (float *)(void *)(base + off_nested);
+
+        sw_nf4_double_quant(absmax, (int64_t)nblocks, qa, na, &qs->offset, absmax + nblocks);
+        qs->qabsmax = qa;
+        qs->nested_absmax = na;
+    } else {
+        qs->absmax = absmax;
+    }
+    qs->owned = base;
+    memset(out, 0, sizeof(*out));
+    out->dtype = SW_DTYPE_NF4;
+    out->ndim = 2;
+    out->shape[0] = dense->shape[0];
+    out->shape[1] = dense->shape[1];
+    out->data = base + off_data;
+    out->qs = qs;
+    base = NULL;
+    r = 0;
+out:
+    if (double_quant)
+        sw_free(absmax);
+    sw_free(tmp);
+    sw_free(base);
+    return r;
+}
+
+int sw_quantize_int8(const sw_tensor_t *dense, float threshold, sw_tensor_t *out)
+{
+    size_t N, K, off_data, off_scb, total;
+    unsigned char *base = NULL;
+    float *row = NULL;
+    sw_qstate_t *qs;
+    int r;
+
+    if ((r = check_dense_2d(dense)) < 0)
+        return r;
+    if (!(threshold >= 0.0f))
+        return -EINVAL;
+    N = (size_t)dense->shape[0];
+    K = (size_t)dense->shape[1];
+    off_data = ALIGN64(sizeof(sw_qstate_t));
+    off_scb = ALIGN64(off_data + N * K);
+    total = off_scb + N * sizeof(float);
+    base = sw_alloc_aligned(64, total);
+    row = sw_malloc(K * sizeof(float));
+    if (!base || !row) {
+        r = -ENOMEM;
+        goto out;
+    }
+    memset(base, 0, off_data);
+    for (size_t n = 0; n < N; n++) {
+        dense_f32(dense, n * K, K, row);
+        for (size_t k = 0; k < K; k++) /* bnb quantizes the fp16 weight */
+            row[k] = sw_f16_to_f32(sw_f32_to_f16(row[k]));
+        sw_int8_quantize_rows(row, 1, (int64_t)K, (int8_t *)(void *)(base + off_data + n * K),
+                              (float *)(void *)(base + off_scb) + n);
+    }
+    qs = (sw_qstate_t *)(void *)base;
+    qs->scb = (const float *)(void *)(base + off_scb);
+    qs->threshold = threshold;
+    qs->owned = base;
+    memset(out, 0, sizeof(*out));
+    out->dtype = SW_DTYPE_I8;
+    out->ndim = 2;
+    out->shape[0] = (int64_t)N;
+    out->shape[1] = (int64_t)K;
+    out->data = base + off_data;
+    out->qs = qs;
+    base = NULL;
+    r = 0;
+out:
+    sw_free(row);
+    sw_free(base);
+    return r;
+}
+
+void sw_qtensor_free(sw_tensor_t *t)
+{
+    if (t->qs && t->qs->owned)
+        sw_free(t->qs->owned);
+    else if (t->owned)
+        sw_free(t->data);
+    memset(t, 0, sizeof(*t));
+}
+
+void sw_qtensor_dequantize(const sw_tensor_t *w, float *out)
+{
+    size_t numel = (size_t)sw_tensor_numel(w);
+
+    if (w->dtype == SW_DTYPE_NF4) {
+        const sw_qstate_t *qs = w->qs;
+        size_t bs = (size_t)qs->blocksize;
+
+        for (size_t i0 = 0; i0 < numel; i0 += bs) {
+            size_t n = numel - i0 < bs ? numel - i0 : bs;
+            float a;
+
+            sw_nf4_absmax_range(qs, (int64_t)(i0 / bs), 1, &a);
+            for (size_t i = i0; i < i0 + n; i++) {
+                uint8_t byte = ((const uint8_t *)w->data)[i / 2];
+
+                out[i] = sw_nf4_code[i % 2 ? byte & 15u : byte >> 4] * a;
+            }
+        }
+    } else if (w->dtype == SW_DTYPE_I8) {
+        size_t K = (size_t)w->shape[1];
+        const int8_t *q = w->data;
+
+        for (size_t i = 0; i < numel; i++)
+            out[i] = (float)q[i] * w->qs->scb[i / K] / 127.0f;
+    } else {
+        dense_f32(w, 0, numel, out);
+    }
 }

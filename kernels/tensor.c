@@ -11,6 +11,8 @@ size_t sw_dtype_size(sw_dtype_t dt)
     case SW_DTYPE_F32: return 4;
     case SW_DTYPE_F16: return 2;
     case SW_DTYPE_BF16: return 2;
+    case SW_DTYPE_NF4: return 1;
+    case SW_DTYPE_I8: return 1;
     default: return 0;
     }
 }
@@ -21,6 +23,8 @@ const char *sw_dtype_name(sw_dtype_t dt)
     case SW_DTYPE_F32: return "f32";
     case SW_DTYPE_F16: return "f16";
     case SW_DTYPE_BF16: return "bf16";
+    case SW_DTYPE_NF4: return "nf4";
+    case SW_DTYPE_I8: return "i8";
     default: return "?";
     }
 }
@@ -36,6 +40,8 @@ int64_t sw_tensor_numel(const sw_tensor_t *t)
 
 size_t sw_tensor_nbytes(const sw_tensor_t *t)
 {
+    if (t->dtype == SW_DTYPE_NF4)
+        return ((size_t)sw_tensor_numel(t) + 1) / 2;
     return (size_t)sw_tensor_numel(t) * sw_dtype_size(t->dtype);
 }
 

@@ -18,30 +18,49 @@ typedef enum {
     SW_DTYPE_F32 = 0,
     SW_DTYPE_F16 = 1,
     SW_DTYPE_BF16 = 2,
+    SW_DTYPE_NF4 = 3, /* bnb NF4, 2 elements per byte; needs sw_tensor_t.qs (kernels/quant.h) */
+    SW_DTYPE_I8 = 4,  /* LLM.int8() weight codes; needs sw_tensor_t.qs (kernels/quant.h) */
     SW_DTYPE_COUNT
 } sw_dtype_t;
 
 #define SW_TENSOR_MAX_DIMS 4
 
-/* A dense tensor view. `data` is borrowed unless `owned` is set (then freed by sw_tensor_free). */
+struct sw_qstate;
+
+/*
+ * A tensor view. `data` is borrowed unless `owned` is set (then freed by sw_tensor_free).
+ * Dense tensors have qs == NULL. A quantized weight (dtype NF4 or I8, shape (N, K)) has data = the
+ * packed codes and qs = its scales (kernels/quant.h); one made by sw_quantize_nf4/_int8 is freed
+ * with sw_qtensor_free, not sw_tensor_free.
+ */
 typedef struct {
     sw_dtype_t dtype;
     int ndim;
     int64_t shape[SW_TENSOR_MAX_DIMS];
     void *data;
     int owned;
+    const struct sw_qstate *qs;
 } sw_tensor_t;
 
+/*
+ * Bytes of one storage unit of dt: the element size for f32/f16/bf16/i8, and 1 for NF4 (a byte
+ * holds two elements). It is the alignment a data pointer of that dtype needs; for sizes use
+ * sw_tensor_nbytes. 0 for an unknown dtype.
+ */
 size_t sw_dtype_size(sw_dtype_t dt);
 const char *sw_dtype_name(sw_dtype_t dt);
 int64_t sw_tensor_numel(const sw_tensor_t *t);
+/*
+ * Bytes of t->data: numel * element size, and (numel + 1) / 2 for NF4 (bnb's packed layout).
+ * Quantization state (absmax, SCB) is not included: see sw_qtensor_state_bytes in quant.h.
+ */
 size_t sw_tensor_nbytes(const sw_tensor_t *t);
-/* Allocates an owned, 64-byte aligned, zeroed tensor. */
+/* Allocates an owned, 64-byte aligned, zeroed tensor (any dtype; qs stays NULL). */
 int sw_tensor_alloc(sw_tensor_t *t, sw_dtype_t dt, int ndim, const int64_t *shape);
 void sw_tensor_free(sw_tensor_t *t);
-/* Converts n elements of src (any dtype) to fp32. */
+/* Converts n elements of src (f32, f16 or bf16) to fp32. */
 void sw_to_f32(float *dst, const void *src, sw_dtype_t dt, size_t n);
-/* Converts n fp32 values into dtype dt (round to nearest even). */
+/* Converts n fp32 values into dtype dt (f32, f16 or bf16; round to nearest even). */
 void sw_from_f32(void *dst, const float *src, sw_dtype_t dt, size_t n);
 
 /* ---- scalar conversions (exact IEEE semantics, round to nearest even) ---- */

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "../ops.h"
+#include "../quant.h"
 #include "../../util/pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -408,7 +409,10 @@ struct mm_ctx {
     int M;
     sw_dtype_t dt;
     int avx2;
+    const sw_tensor_t *wt; /* the weight tensor itself (NF4: codes + state) */
 };
+
+static void nf4_decode(const sw_tensor_t *w, size_t i0, size_t n, float *dst, int avx2);
 
 /* Row pointers of block n0 (nr valid rows; missing ones repeat row 0 of the block). */
 static void block_rows(const struct mm_ctx *c, size_t n0, size_t nr, const unsigned char *w[NB])
@@ -453,6 +457,11 @@ static void mm_tile_task(void *ctx, size_t b, size_t e, int tid)
             size_t kl = min_sz(KC, K - kc);
 
             for (size_t r = 0; r < NB; r++) {
+                if (c->dt == SW_DTYPE_NF4) {
+                    size_t row = n0 + (r < nr ? r : 0);
+                    nf4_decode(c->wt, row * K + kc, kl, wb + r * KC, c->avx2);
+                    continue;
+                }
 #if SW_X86
                 if (c->avx2)
                     cvt_avx2(wb + r * KC, w[r] + kc * es, kl, c->dt);
@@ -487,12 +496,17 @@ static void mm_tile_task(void *ctx, size_t b, size_t e, int tid)
     }
 }
 
+static void nf4_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M,
+                       int avx2);
+static void i8_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M,
+                      int avx2);
+
 static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M)
 {
     struct mm_ctx c = {
         .y = y, .x = x, .w = w->data, .bias = bias,
         .N = (size_t)w->shape[0], .K = (size_t)w->shape[1], .M = M, .dt = w->dtype,
-        .avx2 = use_avx2(),
+        .avx2 = use_avx2(), .wt = w,
     };
     size_t blocks = (c.N + NB - 1) / NB, work;
 
@@ -504,9 +518,354 @@ static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
                 y[(size_t)m * c.N + n] = bias ? bias[n] : 0.0f;
         return;
     }
+    if (c.dt == SW_DTYPE_I8) {
+        i8_matmul(y, x, w, bias, M, c.avx2);
+        return;
+    }
+    if (c.dt == SW_DTYPE_NF4) {
+        nf4_matmul(y, x, w, bias, M, c.avx2);
+        return;
+    }
     c.rs = c.K * sw_dtype_size(c.dt);
     work = c.N * c.K * (size_t)M;
     par_for(blocks, 1, work, (c.avx2 && M == 1) ? mm_gemv_task : mm_tile_task, &c);
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Quantized weights (kernels/quant.h): NF4 and LLM.int8() matmul                             */
+/*
+ * NF4, y = x @ W^T with W = code[nibble] * absmax[block]:
+ *   - M == 1 on AVX2 with K % blocksize == 0 and blocksize % 64 == 0 (every bnb checkpoint with
+ *     the default 64): fused GEMV. x is first permuted, once per call, into a stack copy in which
+ *     each group of 64 columns is stored transposed 8 x 8 (xp[g*64 + t*8 + j] = x[g*64 + 8j + t]).
+ *     Then a 32-byte load of packed codes (64 weights, 8 per 32-bit lane) decodes with two shifts
+ *     per 8 weights: lane j's t-th nibble is weight 8j + t, the low 3 bits index vpermps into
+ *     the two 8-entry halves of the code and bit 3 (shifted to the sign) picks the half with
+ *     vblendvps. 4 rows of W share each load of x; per block the fp32 partial dot is multiplied
+ *     by the block's absmax (so the product order differs from dequantize-then-dot by rounding).
+ *     K is walked in chunks of XP_MAX columns (a multiple of every blocksize) so the stack copy
+ *     stays at 64 KiB; the pool splits the rows of W.
+ *   - otherwise (M > 1, ragged blocks, portable): the generic tile path above, with each tile row
+ *     dequantized exactly (code * absmax in fp32) by nf4_decode, then the 3x4 micro-kernel.
+ * Int8 (LLM.int8(), same algorithm as ref_matmul_int8): the calling thread finds the outlier
+ * columns (|x| >= threshold in any row; at most I8_MAX_OUTL of them), quantizes a chunk of rows of
+ * x to int8 into a 64 KiB stack buffer (outlier columns zeroed, per-row absmax over the rest),
+ * then the pool splits the rows of W: int8 x int8 -> int32 dots (AVX2: vpsignb + vpmaddubsw +
+ * vpmaddwd, exact since |products| pairs stay below 2^15), scaled by rowabs * SCB / 127^2, plus
+ * the outlier columns in fp32 against CB * SCB / 127. K > I8_MAX_K or too many outlier columns
+ * fall back to the reference op (correct, slow, still allocation-free).
+ */
+
+#define XP_MAX 16384      /* columns of x held permuted on the stack by the NF4 GEMV (64 KiB) */
+#define I8_XQ_BYTES 65536 /* int8 activations quantized at a time */
+#define I8_MAX_K 65536    /* the int8 fast path handles K up to this */
+#define I8_MAX_ROWS 256   /* rows of x per int8 chunk */
+#define I8_MAX_OUTL 256   /* outlier columns the int8 fast path handles */
+
+#if SW_X86
+/* dst (n, a multiple of 32) = lut[codes] of the n nibbles starting at byte p, high nibble first. */
+SW_AVX2 static void nf4_decode32_avx2(const uint8_t *p, size_t n, const float lut[16], float *dst)
+{
+    const __m256 lo = _mm256_loadu_ps(lut), hi = _mm256_loadu_ps(lut + 8);
+    const __m128i mask = _mm_set1_epi8(15);
+
+    for (size_t i = 0; i < n; i += 32) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i / 2));
+        __m128i vh = _mm_and_si128(_mm_srli_epi16(v, 4), mask), vl = _mm_and_si128(v, mask);
+        __m128i q0 = _mm_unpacklo_epi8(vh, vl), q1 = _mm_unpackhi_epi8(vh, vl);
+        __m128i q[4] = { q0, _mm_srli_si128(q0, 8), q1, _mm_srli_si128(q1, 8) };
+
+        for (int j = 0; j < 4; j++) {
+            __m256i ix = _mm256_cvtepu8_epi32(q[j]);
+            __m256 f = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, ix),
+                                        _mm256_permutevar8x32_ps(hi, ix),
+                                        _mm256_castsi256_ps(_mm256_slli_epi32(ix, 28)));
+            _mm256_storeu_ps(dst + i + 8 * (size_t)j, f);
+        }
+    }
+}
+#endif
+
+/* Dequantizes flattened elements [i0, i0 + n) of NF4 tensor w into dst (code * absmax, fp32). */
+static void nf4_decode(const sw_tensor_t *w, size_t i0, size_t n, float *dst, int avx2)
+{
+    const sw_qstate_t *qs = w->qs;
+    const uint8_t *d = w->data;
+    size_t bs = (size_t)qs->blocksize, i = i0, end = i0 + n;
+
+    while (i < end) {
+        size_t blk = i / bs, stop = min_sz(end, (blk + 1) * bs);
+        float a, lut[16];
+
+        sw_nf4_absmax_range(qs, (int64_t)blk, 1, &a);
+        for (int q = 0; q < 16; q++)
+            lut[q] = sw_nf4_code[q] * a;
+#if SW_X86
+        if (avx2 && i % 2 == 0 && stop - i >= 32) {
+            size_t n32 = (stop - i) / 32 * 32;
+
+            nf4_decode32_avx2(d + i / 2, n32, lut, dst + (i - i0));
+            i += n32;
+        }
+#endif
+        for (; i < stop; i++)
+            dst[i - i0] = lut[i % 2 ? d[i / 2] & 15u : d[i / 2] >> 4];
+    }
+}
+
+struct nf4v_ctx {
+    float *y;
+    const float *xp; /* (kl) permuted x chunk */
+    const sw_tensor_t *w;
+    const float *bias;
+    size_t N, K, kc, kl;
+};
+
+#if SW_X86
+/* One group of 64 weights of one row: vb += decode(codes at p) . xp (permuted), 8 at a time. */
+#define NF4_STEP(t, s)                                                                          \
+    do {                                                                                        \
+        __m256 xt = _mm256_loadu_ps(xg + 8 * (t));                                              \
+        for (int r = 0; r < NB; r++) {                                                          \
+            __m256i ix = (s) ? _mm256_srli_epi32(d[r], (s)) : d[r];                             \
+            __m256i sg = (s) != 28 ? _mm256_slli_epi32(d[r], 28 - (s)) : d[r];                  \
+            __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, ix),                      \
+                                        _mm256_permutevar8x32_ps(thi, ix), _mm256_castsi256_ps(sg)); \
+            vb[r] = _mm256_fmadd_ps(v, xt, vb[r]);                                              \
+        }                                                                                       \
+    } while (0)
+
+SW_AVX2 static void nf4_gemv_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct nf4v_ctx *c = ctx;
+    const sw_qstate_t *qs = c->w->qs;
+    const size_t bs = (size_t)qs->blocksize, nb = c->kl / bs, gpb = bs / 64;
+    const __m256 tlo = _mm256_loadu_ps(sw_nf4_code), thi = _mm256_loadu_ps(sw_nf4_code + 8);
+    float am[NB][XP_MAX / 64];
+
+    for (size_t blk = b; blk < e; blk++) {
+        size_t n0 = blk * NB, nr = min_sz(NB, c->N - n0);
+        const uint8_t *p[NB];
+        __m256 acc[NB];
+        float s[NB];
+
+        for (size_t r = 0; r < NB; r++) {
+            size_t row = n0 + (r < nr ? r : 0), i0 = row * c->K + c->kc;
+
+            sw_nf4_absmax_range(qs, (int64_t)(i0 / bs), (int64_t)nb, am[r]);
+            p[r] = (const uint8_t *)c->w->data + i0 / 2;
+            acc[r] = _mm256_setzero_ps();
+        }
+        for (size_t jb = 0; jb < nb; jb++) {
+            __m256 vb[NB] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                              _mm256_setzero_ps() };
+
+            for (size_t g = jb * gpb; g < (jb + 1) * gpb; g++) {
+                const float *xg = c->xp + g * 64;
+                __m256i d[NB];
+
+                for (int r = 0; r < NB; r++)
+                    d[r] = _mm256_loadu_si256((const __m256i *)(const void *)(p[r] + g * 32));
+                NF4_STEP(0, 4);
+                NF4_STEP(1, 0);
+                NF4_STEP(2, 12);
+                NF4_STEP(3, 8);
+                NF4_STEP(4, 20);
+                NF4_STEP(5, 16);
+                NF4_STEP(6, 28);
+                NF4_STEP(7, 24);
+            }
+            for (int r = 0; r < NB; r++)
+                acc[r] = _mm256_fmadd_ps(vb[r], _mm256_set1_ps(am[r][jb]), acc[r]);
+        }
+        _mm_storeu_ps(s, hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (size_t r = 0; r < nr; r++) {
+            if (c->kc == 0)
+                c->y[n0 + r] = s[r] + (c->bias ? c->bias[n0 + r] : 0.0f);
+            else
+                c->y[n0 + r] += s[r];
+        }
+    }
+}
+#undef NF4_STEP
+#endif
+
+static void nf4_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M,
+                       int avx2)
+{
+    size_t N = (size_t)w->shape[0], K = (size_t)w->shape[1], bs = (size_t)w->qs->blocksize;
+    size_t blocks = (N + NB - 1) / NB;
+
+#if SW_X86
+    if (avx2 && M == 1 && bs % 64 == 0 && K % bs == 0) {
+        float xp[XP_MAX] __attribute__((aligned(32)));
+
+        for (size_t kc = 0; kc < K; kc += XP_MAX) {
+            struct nf4v_ctx c = { .y = y, .xp = xp, .w = w, .bias = bias, .N = N, .K = K,
+                                  .kc = kc, .kl = min_sz(XP_MAX, K - kc) };
+
+            for (size_t g = 0; g < c.kl; g += 64)
+                for (size_t t = 0; t < 8; t++)
+                    for (size_t j = 0; j < 8; j++)
+                        xp[g + t * 8 + j] = x[kc + g + 8 * j + t];
+            par_for(blocks, 1, N * c.kl, nf4_gemv_task, &c);
+        }
+        return;
+    }
+#endif
+    struct mm_ctx c = { .y = y, .x = x, .w = w->data, .bias = bias, .N = N, .K = K, .M = M,
+                        .dt = SW_DTYPE_NF4, .avx2 = avx2, .wt = w, .rs = 0 };
+    par_for(blocks, 1, N * K * (size_t)M, mm_tile_task, &c);
+}
+
+struct i8_ctx {
+    float *y;
+    const float *x;
+    const int8_t *xq; /* (mc, K) quantized rows m0.. of x, outlier columns zeroed */
+    const float *xa;  /* (mc) their absmax */
+    const int32_t *ol; /* (nol) outlier columns, ascending */
+    int nol;
+    const sw_tensor_t *w;
+    const float *bias;
+    size_t N, K;
+    int m0, mc;
+    int avx2;
+};
+
+static int32_t dot_i8_portable(const int8_t *a, const int8_t *b, size_t n)
+{
+    int32_t acc = 0;
+
+    for (size_t i = 0; i < n; i++)
+        acc += (int32_t)a[i] * (int32_t)b[i];
+    return acc;
+}
+
+#if SW_X86
+SW_AVX2 SW_INLINE int32_t hsum_i32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* out[r] = x . w_r over n int8 values, exact (x, w in [-127, 127]). */
+SW_AVX2 static void dot4_i8_avx2(int32_t out[NB], const int8_t *x, const int8_t *const w[NB],
+                                 size_t n)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[NB] = { _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256() };
+    size_t k = 0;
+
+    for (; k + 32 <= n; k += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + k));
+        __m256i ax = _mm256_abs_epi8(xv);
+
+        for (int r = 0; r < NB; r++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w[r] + k));
+            __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int r = 0; r < NB; r++)
+        out[r] = hsum_i32(acc[r]) + dot_i8_portable(x + k, w[r] + k, n - k);
+}
+#endif
+
+static void i8_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct i8_ctx *c = ctx;
+    const int8_t *cb = c->w->data;
+    const float *scb = c->w->qs->scb;
+    const size_t N = c->N, K = c->K;
+
+    for (size_t blk = b; blk < e; blk++) {
+        size_t n0 = blk * NB, nr = min_sz(NB, N - n0);
+        const int8_t *wr[NB];
+
+        for (size_t r = 0; r < NB; r++)
+            wr[r] = cb + (n0 + (r < nr ? r : 0)) * K;
+        for (int i = 0; i < c->mc; i++) {
+            const int8_t *xq = c->xq + (size_t)i * K;
+            const float *xr = c->x + (size_t)(c->m0 + i) * K;
+            int32_t acc[NB];
+
+#if SW_X86
+            if (c->avx2)
+                dot4_i8_avx2(acc, xq, wr, K);
+            else
+#endif
+                for (size_t r = 0; r < nr; r++)
+                    acc[r] = dot_i8_portable(xq, wr[r], K);
+            for (size_t r = 0; r < nr; r++) {
+                size_t n = n0 + r;
+                float out = 0.0f;
+
+                for (int j = 0; j < c->nol; j++) /* same order and formula as the reference */
+                    out += xr[c->ol[j]] * ((float)wr[r][c->ol[j]] * scb[n] / 127.0f);
+                out += (float)acc[r] * c->xa[i] * scb[n] * 6.200012e-05f;
+                c->y[(size_t)(c->m0 + i) * N + n] = out + (c->bias ? c->bias[n] : 0.0f);
+            }
+        }
+    }
+}
+
+static void i8_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M,
+                      int avx2)
+{
+    size_t N = (size_t)w->shape[0], K = (size_t)w->shape[1], blocks = (N + NB - 1) / NB;
+    float thr = w->qs->threshold;
+    uint64_t outl[I8_MAX_K / 64];
+    int32_t ol[I8_MAX_OUTL];
+    int8_t xq[I8_XQ_BYTES];
+    float xa[I8_MAX_ROWS];
+    int nol = 0, mc;
+
+    if (K > I8_MAX_K) {
+        sw_ops_ref.matmul(y, x, w, bias, M);
+        return;
+    }
+    memset(outl, 0, (K + 63) / 64 * sizeof(uint64_t));
+    if (thr > 0.0f) {
+        for (size_t k = 0; k < K; k++) {
+            for (int m = 0; m < M; m++) {
+                if (fabsf(x[(size_t)m * K + k]) >= thr) {
+                    if (nol == I8_MAX_OUTL) {
+                        sw_ops_ref.matmul(y, x, w, bias, M);
+                        return;
+                    }
+                    outl[k / 64] |= 1ull << (k % 64);
+                    ol[nol++] = (int32_t)k;
+                    break;
+                }
+            }
+        }
+    }
+    mc = (int)min_sz(I8_MAX_ROWS, I8_XQ_BYTES / K);
+    for (int m0 = 0; m0 < M; m0 += mc) {
+        struct i8_ctx c = { .y = y, .x = x, .xq = xq, .xa = xa, .ol = ol, .nol = nol, .w = w,
+                            .bias = bias, .N = N, .K = K, .m0 = m0, .avx2 = avx2,
+                            .mc = M - m0 < mc ? M - m0 : mc };
+
+        for (int i = 0; i < c.mc; i++) {
+            const float *xr = x + (size_t)(m0 + i) * K;
+            int8_t *qr = xq + (size_t)i * K;
+            float a = 0.0f, scale;
+
+            for (size_t k = 0; k < K; k++)
+                if (!(outl[k / 64] >> (k % 64) & 1))
+                    a = fmaxf(a, fabsf(xr[k]));
+            scale = 127.0f / a;
+            for (size_t k = 0; k < K; k++)
+                qr[k] = (a > 0.0f && !(outl[k / 64] >> (k % 64) & 1)) ?
+                        (int8_t)nearbyintf(xr[k] * scale) : 0;
+            xa[i] = a;
+        }
+        par_for(blocks, 1, N * K * (size_t)c.mc, i8_task, &c);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */

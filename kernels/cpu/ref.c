@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../ops.h"
+#include "../quant.h"
 #include "../../util/pool.h"
 
 /* element j of row n of w as fp32 */
@@ -16,13 +17,76 @@ static float w_at(const sw_tensor_t *w, int64_t idx)
     case SW_DTYPE_F32: { float f; memcpy(&f, (const char *)w->data + 4 * idx, 4); return f; }
     case SW_DTYPE_F16: { uint16_t h; memcpy(&h, (const char *)w->data + 2 * idx, 2); return sw_f16_to_f32(h); }
     case SW_DTYPE_BF16: { uint16_t h; memcpy(&h, (const char *)w->data + 2 * idx, 2); return sw_bf16_to_f32(h); }
+    case SW_DTYPE_NF4: { /* code[nibble] * absmax of its block, fp32 (bnb's dequantization) */
+        uint8_t b = ((const uint8_t *)w->data)[idx / 2];
+        float a;
+        sw_nf4_absmax_range(w->qs, idx / w->qs->blocksize, 1, &a);
+        return sw_nf4_code[idx % 2 ? b & 15u : b >> 4] * a;
+    }
+    case SW_DTYPE_I8: /* CB * SCB / 127 */
+        return (float)((const int8_t *)w->data)[idx] * w->qs->scb[idx / w->shape[1]] / 127.0f;
     default: return NAN;
+    }
+}
+
+/* Whether activation column k of x (M, K) holds an outlier (|x| >= thr in any row). */
+static int col_is_outlier(const float *x, int M, int64_t K, int64_t k, float thr)
+{
+    if (thr <= 0.0f)
+        return 0;
+    for (int m = 0; m < M; m++)
+        if (fabsf(x[(int64_t)m * K + k]) >= thr)
+            return 1;
+    return 0;
+}
+
+/*
+ * LLM.int8() matmul (bnb.md §2): per row m, a = max |x[m, k]| over the non-outlier columns,
+ * xq = round-half-even(x * (127 / a)) on those columns, C = exact int32 dot with the int8
+ * weight, y = C * a * SCB[n] * (1/127^2) (bnb's MM_DEQUANT_CONST), plus, in fp32, the outlier
+ * columns of x times the dequantized weight columns CB * SCB / 127, plus bias.
+ */
+static void ref_matmul_int8(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M)
+{
+    int64_t N = w->shape[0], K = w->shape[1];
+    const int8_t *cb = w->data;
+    const float *scb = w->qs->scb;
+    float thr = w->qs->threshold;
+
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (int64_t)m * K;
+        float a = 0.0f, scale;
+
+        for (int64_t k = 0; k < K; k++)
+            if (!col_is_outlier(x, M, K, k, thr))
+                a = fmaxf(a, fabsf(xr[k]));
+        scale = 127.0f / a;
+        for (int64_t n = 0; n < N; n++) {
+            int32_t acc = 0;
+            float out = 0.0f;
+
+            for (int64_t k = 0; k < K; k++) {
+                int8_t wq = cb[n * K + k];
+
+                if (col_is_outlier(x, M, K, k, thr))
+                    out += xr[k] * ((float)wq * scb[n] / 127.0f);
+                else if (a > 0.0f)
+                    acc += (int32_t)nearbyintf(xr[k] * scale) * wq;
+            }
+            out += (float)acc * a * scb[n] * 6.200012e-05f;
+            y[(int64_t)m * N + n] = out + (bias ? bias[n] : 0.0f);
+        }
     }
 }
 
 static void ref_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M)
 {
     int64_t N = w->shape[0], K = w->shape[1]; /* w: (N, K) */
+
+    if (w->dtype == SW_DTYPE_I8) {
+        ref_matmul_int8(y, x, w, bias, M);
+        return;
+    }
 
     for (int m = 0; m < M; m++) {
         for (int64_t n = 0; n < N; n++) {
