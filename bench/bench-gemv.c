@@ -9,10 +9,14 @@
  *    and the percentage of the best memcpy read bandwidth. Each call reads a different copy of the
  *    weights out of >= 2 GiB of copies, so the weights come from DRAM as in a real decode step
  *    (the L3 of a VM can be large), not from cache.
- * 3. matmul M = 8 and 32 (small-batch prefill): GFLOP/s = 2*M*N*K / time.
+ * 3. Quantized GEMV (kernels/quant.h): NF4 bs64 with and without double quantization, and
+ *    LLM.int8() (threshold 6, no outliers in x, so the int8 path proper is timed). "weight GB/s"
+ *    counts every byte the call reads from the weight: packed codes + absmax (or qabsmax +
+ *    nested absmax) or SCB. The codes and scales are random (timing only), copies as in 2.
+ * 4. matmul M = 8 and 32 (small-batch prefill): GFLOP/s = 2*M*N*K / time.
  *
  * Every figure is the best of several runs (median in brackets). Usage: bench-gemv [-q] (quick:
- * fewer repetitions). Not a test: the numbers depend on the machine and its neighbours.
+ * fewer repetitions) [--quant] (memory baseline and quantized GEMV only). Not a test: the numbers depend on the machine and its neighbours.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +27,7 @@
 #include "bench_util.h"
 #include "kernels/cpu/fast.h"
 #include "kernels/ops.h"
+#include "kernels/quant.h"
 #include "kernels/tensor.h"
 #include "util/alloc.h"
 #include "util/pool.h"
@@ -103,8 +108,136 @@ static void print_gemv(sw_dtype_t dt, int64_t N, int64_t K, double best, double 
            100.0 * nb / best / 1e9 / membw, 100.0 * nb / best / 1e9 / roof, note);
 }
 
+/* ------------------------------------ quantized GEMV ------------------------------------ */
+
+struct qcopy {
+    sw_tensor_t t;
+    sw_qstate_t qs;
+    void *mem[3];
+};
+
+static unsigned long long qseed = 0x2545f4914f6cdd1dull;
+
+static void *rand_bytes(size_t n)
+{
+    unsigned char *p = bench_alloc(n ? n : 1);
+
+    for (size_t i = 0; i < n; i++) {
+        qseed ^= qseed << 13;
+        qseed ^= qseed >> 7;
+        qseed ^= qseed << 17;
+        p[i] = (unsigned char)(qseed >> 24);
+    }
+    return p;
+}
+
+static float *rand_scales(size_t n)
+{
+    float *f = bench_alloc(n * sizeof(float));
+
+    for (size_t i = 0; i < n; i++)
+        f[i] = 0.5f + (float)(i % 97) / 97.0f;
+    return f;
+}
+
+/* kind 0: NF4 bs64, 1: NF4 bs64 nested, 2: int8 (threshold 6). Returns the bytes one call reads. */
+static size_t qcopy_make(struct qcopy *q, int kind, int64_t N, int64_t K, const struct qcopy *src)
+{
+    size_t numel = (size_t)(N * K), nblocks = (numel + 63) / 64, sz[3] = { 0 };
+
+    memset(q, 0, sizeof(*q));
+    q->t.ndim = 2;
+    q->t.shape[0] = N;
+    q->t.shape[1] = K;
+    q->t.qs = &q->qs;
+    if (kind == 2) {
+        q->t.dtype = SW_DTYPE_I8;
+        sz[0] = numel;
+        sz[1] = (size_t)N * 4;
+    } else {
+        q->t.dtype = SW_DTYPE_NF4;
+        q->qs.blocksize = 64;
+        q->qs.nblocks = (int64_t)nblocks;
+        q->qs.nested_blocksize = 256;
+        sz[0] = (numel + 1) / 2;
+        sz[1] = kind ? nblocks : nblocks * 4;
+        sz[2] = kind ? (nblocks + 255) / 256 * 4 : 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (!sz[i])
+            continue;
+        if (src) {
+            q->mem[i] = bench_alloc(sz[i]);
+            memcpy(q->mem[i], src->mem[i], sz[i]);
+        } else {
+            q->mem[i] = i == 0 || (kind == 1 && i == 1) ? rand_bytes(sz[i]) : rand_scales(sz[i] / 4);
+        }
+    }
+    q->t.data = q->mem[0];
+    if (kind == 2) {
+        q->qs.scb = q->mem[1];
+        q->qs.threshold = 6.0f;
+    } else if (kind == 1) {
+        q->qs.qabsmax = q->mem[1];
+        q->qs.nested_absmax = q->mem[2];
+        q->qs.offset = 0.01f;
+    } else {
+        q->qs.absmax = q->mem[1];
+    }
+    return sz[0] + sz[1] + sz[2];
+}
+
+static void qcopy_free(struct qcopy *q)
+{
+    for (int i = 0; i < 3; i++)
+        sw_free(q->mem[i]);
+}
+
+static void bench_quant_gemv(const float *x, float *y, double membw, double roof)
+{
+    static const struct { int64_t N, K; } qshapes[] = { { 4096, 4096 }, { 4096, 11008 }, { 8192, 28672 } };
+    static const char *names[3] = { "nf4", "nf4+dq", "int8" };
+    static struct qcopy qc[64];
+
+    printf("\nquantized GEMV, M = 1 (bytes = codes + all scales; >= 2 GiB of copies)\n");
+    printf("  %-7s %-14s %8s %6s %18s %12s %8s %8s\n", "format", "N x K", "MiB", "bits/w",
+           "time ms [median]", "weight GB/s", "%memcpy", "%read");
+    for (size_t s = 0; s < sizeof(qshapes) / sizeof(qshapes[0]); s++) {
+        for (int kind = 0; kind < 3; kind++) {
+            int64_t N = qshapes[s].N, K = qshapes[s].K;
+            size_t nb = qcopy_make(&qc[0], kind, N, K, NULL);
+            int copies = (int)((ROTATE_BYTES + (double)nb - 1) / (double)nb), calls, n = 0, ci = 0;
+            double t[MAXREP], med, best, gbs;
+
+            copies = copies < 2 ? 2 : copies > 64 ? 64 : copies;
+            for (int c = 1; c < copies; c++)
+                qcopy_make(&qc[c], kind, N, K, &qc[0]);
+            calls = copies < reps ? reps : copies;
+            calls = calls > MAXREP ? MAXREP : calls;
+            for (int c = 0; c < copies; c++)
+                sw_ops_cpu.matmul(y, x, &qc[c].t, NULL, 1);
+            for (int r = 0; r < calls; r++) {
+                double t0 = now();
+                sw_ops_cpu.matmul(y, x, &qc[ci].t, NULL, 1);
+                t[n++] = now() - t0;
+                ci = (ci + 1) % copies;
+            }
+            best = best_of(t, n, &med);
+            gbs = (double)nb / best / 1e9;
+            printf("  %-7s %5lldx%-8lld %8.1f %6.3f %8.3f [%7.3f] %12.2f %7.0f%% %7.0f%%\n",
+                   names[kind], (long long)N, (long long)K, (double)nb / (1 << 20),
+                   8.0 * (double)nb / (double)(N * K), best * 1e3, med * 1e3, gbs,
+                   100.0 * gbs / membw, 100.0 * gbs / roof);
+            for (int c = 0; c < copies; c++)
+                qcopy_free(&qc[c]);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
+    int quant_only = 0;
+
     static const struct { int64_t N, K; int all_dtypes; } shapes[] = {
         { 4096, 4096, 1 }, { 4096, 11008, 1 }, { 11008, 4096, 1 }, { 8192, 28672, 0 },
     };
@@ -112,8 +245,12 @@ int main(int argc, char **argv)
     float *x, *y;
     double membw, roof;
 
-    if (argc > 1 && strcmp(argv[1], "-q") == 0)
-        reps = 3;
+    for (int a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "-q") == 0)
+            reps = 3;
+        else if (strcmp(argv[a], "--quant") == 0)
+            quant_only = 1;
+    }
     printf("bench-gemv: sw_ops_cpu simd %s, %d pool threads\n\n", sw_cpu_simd_name(),
            sw_pool_threads(sw_pool_global()));
     membw = bench_memory(&roof);
@@ -122,6 +259,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < 32 * 28672; i++)
         x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
 
+    if (quant_only) {
+        bench_quant_gemv(x, y, membw, roof);
+        goto out;
+    }
     printf("GEMV, M = 1 (weights streamed from DRAM: each call reads the next of >= 2 GiB of copies)\n");
     printf("  %-6s %-14s %8s %18s %12s %8s %8s\n", "dtype", "N x K", "MiB", "time ms [median]",
            "weight GB/s", "%memcpy", "%read");
@@ -153,6 +294,8 @@ int main(int argc, char **argv)
         }
     }
 
+    bench_quant_gemv(x, y, membw, roof);
+
     printf("\nmatmul, M = 8 and 32 (GFLOP/s = 2*M*N*K / time)\n");
     printf("  %-6s %-14s %4s %18s %10s\n", "dtype", "N x K", "M", "time ms [median]", "GFLOP/s");
     for (size_t s = 0; s < 3; s++) {
@@ -170,6 +313,7 @@ int main(int argc, char **argv)
             weights_free(&ws);
         }
     }
+out:
     sw_free(x);
     sw_free(y);
     return 0;

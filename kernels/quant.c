@@ -266,12 +266,17 @@ void sw_nf4_absmax_range(const sw_qstate_t *qs, int64_t b0, int64_t n, float *ou
         memcpy(out, qs->absmax + b0, (size_t)n * sizeof(float));
         return;
     }
+    int64_t nbs = qs->nested_blocksize, j = b0 / nbs, left = nbs - b0 % nbs; /* no division per block */
+
     for (int64_t i = 0; i < n; i++) {
-        int64_t b = b0 + i;
         /* volatile keeps the two roundings apart even where the compiler would contract an FMA */
-        volatile float p = sw_q8_dynamic_map[qs->qabsmax[b]] * qs->nested_absmax[b / qs->nested_blocksize];
+        volatile float p = sw_q8_dynamic_map[qs->qabsmax[b0 + i]] * qs->nested_absmax[j];
 
         out[i] = p + qs->offset;
+        if (--left == 0) {
+            j++;
+            left = nbs;
+        }
     }
 }
 
