@@ -92,7 +92,7 @@ static void test_q8_map(void)
 static void test_nf4_pack_hand(void)
 {
     float x[35];
-    uint8_t exp[35], packed[18], all[18];
+    uint8_t exp[35], packed[18], all[32];
     float absmax[1], back[35];
     int n = 0;
 
