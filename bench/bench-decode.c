@@ -158,7 +158,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot write the checkpoint: %s\n", sw_strerror(r));
         return 1;
     }
-    r = sw_local_open(dir, 1, steps + 8, &l);
+    r = sw_local_open(dir, 1, steps + 8, NULL, &l);
     if (r < 0) {
         fprintf(stderr, "cannot load: %s\n", sw_err_detail());
         return 1;

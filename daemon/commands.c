@@ -131,7 +131,7 @@ int sw_cmd_eval(int argc, char **argv)
         fprintf(stderr, "swarmd eval: %s\n", sw_err_detail());
         return 2;
     }
-    r = sw_local_open(model, 1, T, &l);
+    r = sw_local_open(model, 1, T, NULL, &l);
     if (r < 0) {
         rc = fail("eval", "cannot load the model", r);
         goto out;
@@ -261,7 +261,7 @@ int sw_cmd_generate(int argc, char **argv)
         rc = fail("generate", "out of memory", -ENOMEM);
         goto out;
     }
-    r = sw_local_open(model, 1, max_len, &l);
+    r = sw_local_open(model, 1, max_len, NULL, &l);
     if (r < 0) {
         rc = fail("generate", "cannot load the model", r);
         goto out;
@@ -371,7 +371,7 @@ int sw_cmd_inspect(int argc, char **argv)
     }
     printf("\nparameters %llu, %.2f MiB stored\n", (unsigned long long)params,
            (double)bytes / (1 << 20));
-    r = sw_span_load(m, 0, cfg->num_layers, &span);
+    r = sw_span_load(m, 0, cfg->num_layers, NULL, &span);
     if (r < 0) {
         rc = fail("inspect", "the blocks do not load", r);
         goto out;

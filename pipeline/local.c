@@ -18,7 +18,8 @@ struct sw_local {
     float *last;    /* (B, H) the last position of each sequence */
 };
 
-int sw_local_open(const char *dir, int B, int max_len, sw_local_t **out)
+int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
+                  sw_local_t **out)
 {
     const sw_model_config_t *c;
     sw_local_t *l;
@@ -33,7 +34,7 @@ int sw_local_open(const char *dir, int B, int max_len, sw_local_t **out)
         goto err;
     c = sw_model_config(l->model);
     if ((r = sw_head_load(l->model, &l->head)) < 0 ||
-        (r = sw_span_load(l->model, 0, c->num_layers, &l->span)) < 0 ||
+        (r = sw_span_load(l->model, 0, c->num_layers, opts, &l->span)) < 0 ||
         (r = sw_kv_create(l->span, B, max_len, &l->kv)) < 0)
         goto err;
     l->x = sw_alloc_aligned(64, (size_t)B * max_len * c->hidden_size * sizeof(float));

@@ -12,8 +12,12 @@
 
 typedef struct sw_local sw_local_t;
 
-/* Opens the model in dir for B sequences of up to max_len positions. Caller frees. */
-int sw_local_open(const char *dir, int B, int max_len, sw_local_t **out);
+/*
+ * Opens the model in dir for B sequences of up to max_len positions; opts (NULL: defaults) as for
+ * sw_span_load. Caller frees.
+ */
+int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
+                  sw_local_t **out);
 void sw_local_close(sw_local_t *l);
 const sw_model_config_t *sw_local_config(const sw_local_t *l);
 sw_kv_t *sw_local_kv(sw_local_t *l);

@@ -15,6 +15,7 @@
 #include "../util/alloc.h"
 #include "../util/error.h"
 #include "../util/log.h"
+#include "weights.h"
 
 /* Tokens per sequence processed in one pass through a block; bounds the scratch buffers. */
 #define SW_CHUNK 64
@@ -145,45 +146,10 @@ static int find_tensor(sw_model_t *m, const char *name, int64_t d0, int64_t d1,
     return 0;
 }
 
-static sw_dtype_t dtype_of(const sw_st_tensor_t *t)
-{
-    return t->dtype == SW_ST_F32 ? SW_DTYPE_F32 : t->dtype == SW_ST_F16 ? SW_DTYPE_F16
-                                                                          : SW_DTYPE_BF16;
-}
-
-/*
- * A (rows, cols) weight matrix as a tensor. It points into the mapping when the data is aligned
- * to its element size; otherwise it is copied to an aligned buffer (owned by the tensor).
- */
-static int load_matrix(sw_model_t *m, const char *name, int64_t rows, int64_t cols, sw_tensor_t *w)
-{
-    const sw_st_tensor_t *t;
-    int r;
-
-    r = find_tensor(m, name, rows, cols, &t);
-    if (r < 0)
-        return r;
-    memset(w, 0, sizeof(*w));
-    w->dtype = dtype_of(t);
-    w->ndim = 2;
-    w->shape[0] = rows;
-    w->shape[1] = cols;
-    if ((uintptr_t)t->data % sw_dtype_size(w->dtype) == 0) {
-        w->data = (void *)t->data;
-        return 0;
-    }
-    w->data = sw_alloc_aligned(64, t->nbytes);
-    if (!w->data)
-        return -ENOMEM;
-    memcpy(w->data, t->data, t->nbytes);
-    w->owned = 1;
-    return 0;
-}
-
 /* A vector of n values converted to a new fp32 array (caller frees). */
 static int load_vector(sw_model_t *m, const char *name, int64_t n, float **out)
 {
-    const sw_st_tensor_t *t;
+    const sw_st_tensor_t *t = NULL;
     float *v;
     int r;
 
@@ -216,12 +182,12 @@ static void block_free(block_t *bl)
                       bl->attn_norm, bl->mlp_norm };
 
     for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
-        sw_tensor_free(mats[i]);
+        sw_qtensor_free(mats[i]);
     for (size_t i = 0; i < sizeof(vecs) / sizeof(vecs[0]); i++)
         sw_free(vecs[i]);
 }
 
-static int block_load(sw_model_t *m, int layer, block_t *bl)
+static int block_load(sw_model_t *m, int layer, const sw_load_opts_t *o, block_t *bl)
 {
     const sw_model_config_t *c = &m->cfg;
     int64_t H = c->hidden_size, I = c->intermediate_size;
@@ -230,13 +196,14 @@ static int block_load(sw_model_t *m, int layer, block_t *bl)
     int r;
 
 #define NAME(suffix) (snprintf(name, sizeof(name), "model.layers.%d.%s", layer, suffix), name)
-    if ((r = load_matrix(m, NAME("self_attn.q_proj.weight"), QD, H, &bl->wq)) < 0 ||
-        (r = load_matrix(m, NAME("self_attn.k_proj.weight"), KD, H, &bl->wk)) < 0 ||
-        (r = load_matrix(m, NAME("self_attn.v_proj.weight"), KD, H, &bl->wv)) < 0 ||
-        (r = load_matrix(m, NAME("self_attn.o_proj.weight"), H, QD, &bl->wo)) < 0 ||
-        (r = load_matrix(m, NAME("mlp.gate_proj.weight"), I, H, &bl->wg)) < 0 ||
-        (r = load_matrix(m, NAME("mlp.up_proj.weight"), I, H, &bl->wu)) < 0 ||
-        (r = load_matrix(m, NAME("mlp.down_proj.weight"), H, I, &bl->wd)) < 0 ||
+#define LINEAR(suffix, rows, cols, t) sw_weight_load(m->ckpt, m->dir, NAME(suffix), rows, cols, o, t)
+    if ((r = LINEAR("self_attn.q_proj", QD, H, &bl->wq)) < 0 ||
+        (r = LINEAR("self_attn.k_proj", KD, H, &bl->wk)) < 0 ||
+        (r = LINEAR("self_attn.v_proj", KD, H, &bl->wv)) < 0 ||
+        (r = LINEAR("self_attn.o_proj", H, QD, &bl->wo)) < 0 ||
+        (r = LINEAR("mlp.gate_proj", I, H, &bl->wg)) < 0 ||
+        (r = LINEAR("mlp.up_proj", I, H, &bl->wu)) < 0 ||
+        (r = LINEAR("mlp.down_proj", H, I, &bl->wd)) < 0 ||
         (r = load_vector(m, NAME("input_layernorm.weight"), H, &bl->attn_norm)) < 0 ||
         (r = load_vector(m, NAME("post_attention_layernorm.weight"), H, &bl->mlp_norm)) < 0)
         return r;
@@ -252,12 +219,14 @@ static int block_load(sw_model_t *m, int layer, block_t *bl)
          (r = load_vector(m, NAME("mlp.up_proj.bias"), I, &bl->bu)) < 0 ||
          (r = load_vector(m, NAME("mlp.down_proj.bias"), H, &bl->bd)) < 0))
         return r;
+#undef LINEAR
 #undef NAME
     return 0;
 }
 
-int sw_span_load(sw_model_t *m, int a, int b, sw_span_t **out)
+int sw_span_load(sw_model_t *m, int a, int b, const sw_load_opts_t *opts, sw_span_t **out)
 {
+    static const sw_load_opts_t defaults = SW_LOAD_OPTS_DEFAULT;
     const sw_model_config_t *c = &m->cfg;
     sw_span_t *s;
     int r = 0;
@@ -276,14 +245,18 @@ int sw_span_load(sw_model_t *m, int a, int b, sw_span_t **out)
         sw_free(s);
         return -ENOMEM;
     }
+    if (!opts)
+        opts = &defaults;
     for (int i = a; i < b; i++) {
-        r = block_load(m, i, &s->blocks[i - a]);
+        r = block_load(m, i, opts, &s->blocks[i - a]);
         if (r < 0) {
             s->b = i + 1; /* free what was (partly) loaded */
             sw_span_free(s);
             return r;
         }
         SW_LOG_D("model", "block %d loaded (%zu bytes)", i, sw_span_block_bytes(s, i));
+        if (opts->progress)
+            opts->progress(opts->progress_ctx, i, i - a + 1, b - a);
     }
     *out = s;
     return 0;
@@ -317,7 +290,7 @@ size_t sw_span_block_bytes(const sw_span_t *s, int block)
     size_t n = 0;
 
     for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
-        n += sw_tensor_nbytes(mats[i]);
+        n += sw_tensor_nbytes(mats[i]) + sw_qtensor_state_bytes(mats[i]);
     n += 2 * (size_t)c->hidden_size * 4;
     if (bl->bq)
         n += (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * 4;
@@ -488,6 +461,8 @@ int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float 
 
 int sw_head_load(sw_model_t *m, sw_head_t **out)
 {
+    /* embeddings and the LM head stay 16-bit, as in Petals */
+    static const sw_load_opts_t dense = { SW_QUANT_NONE, 0.0f, NULL, NULL };
     const sw_model_config_t *c = &m->cfg;
     const sw_st_tensor_t *t;
     sw_head_t *h;
@@ -497,7 +472,8 @@ int sw_head_load(sw_model_t *m, sw_head_t **out)
     if (!h)
         return -ENOMEM;
     h->cfg = c;
-    r = load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &h->embed);
+    r = sw_weight_load(m->ckpt, m->dir, "model.embed_tokens", c->vocab_size, c->hidden_size,
+                       &dense, &h->embed);
     if (r < 0)
         goto err;
     r = load_vector(m, "model.norm.weight", c->hidden_size, &h->norm);
@@ -513,7 +489,8 @@ int sw_head_load(sw_model_t *m, sw_head_t **out)
                        "tie_word_embeddings; the checkpoint is incomplete", m->dir);
             goto err;
         }
-        r = load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &h->lm_head);
+        r = sw_weight_load(m->ckpt, m->dir, "lm_head", c->vocab_size, c->hidden_size, &dense,
+                           &h->lm_head);
         if (r < 0)
             goto err;
     }
@@ -528,8 +505,8 @@ void sw_head_free(sw_head_t *h)
 {
     if (!h)
         return;
-    sw_tensor_free(&h->lm_head);
-    sw_tensor_free(&h->embed);
+    sw_qtensor_free(&h->lm_head);
+    sw_qtensor_free(&h->embed);
     sw_free(h->norm);
     sw_free(h);
 }

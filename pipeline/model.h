@@ -21,6 +21,7 @@
 #include "../kernels/ops.h"
 #include "config.h"
 #include "safetensors.h"
+#include "weights.h"
 
 /* ---- the checkpoint ---- */
 
@@ -37,12 +38,16 @@ const char *sw_model_dir(const sw_model_t *m);
 
 typedef struct sw_span sw_span_t;
 
-/* Loads and checks blocks [a, b); 0 <= a < b <= L. The span borrows m: close m after the span. */
-int sw_span_load(sw_model_t *m, int a, int b, sw_span_t **out);
+/*
+ * Loads and checks blocks [a, b); 0 <= a < b <= L. opts (NULL: defaults) picks the weight format
+ * (quantize on load, or as stored) and a progress callback. The span borrows m: close m after it.
+ */
+int sw_span_load(sw_model_t *m, int a, int b, const sw_load_opts_t *opts, sw_span_t **out);
 void sw_span_free(sw_span_t *s);
 int sw_span_start(const sw_span_t *s);
 int sw_span_end(const sw_span_t *s);
-/* Bytes of weights one block reads per token (all its matrices, norms and biases). */
+/* Bytes of weights one block reads per token (matrices with their quantization state, norms,
+ * biases). */
 size_t sw_span_block_bytes(const sw_span_t *s, int block);
 
 /*

@@ -768,6 +768,7 @@ typedef struct {
     int64_t shape[SW_ST_MAX_DIMS];
     const void *data;
     uint64_t nbytes;
+    void *copy; /* owned copy of data, or NULL when borrowed */
 } wentry_t;
 
 struct sw_st_writer {
@@ -795,8 +796,10 @@ void sw_st_writer_free(sw_st_writer_t *w)
 {
     if (!w)
         return;
-    for (size_t i = 0; i < w->n; i++)
+    for (size_t i = 0; i < w->n; i++) {
         sw_free(w->e[i].name);
+        sw_free(w->e[i].copy);
+    }
     sw_free(w->e);
     json_decref(w->meta);
     sw_free(w);
@@ -835,6 +838,24 @@ int sw_st_writer_add(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int 
     e->data = data;
     e->nbytes = nbytes;
     w->n++;
+    return 0;
+}
+
+int sw_st_writer_add_copy(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int ndim,
+                          const int64_t *shape, const void *data, uint64_t nbytes)
+{
+    void *copy = sw_malloc(nbytes);
+    int r;
+
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, data, nbytes);
+    r = sw_st_writer_add(w, name, dt, ndim, shape, copy, nbytes);
+    if (r < 0) {
+        sw_free(copy);
+        return r;
+    }
+    w->e[w->n - 1].copy = copy;
     return 0;
 }
 

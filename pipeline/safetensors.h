@@ -102,6 +102,9 @@ int sw_st_writer_new(sw_st_writer_t **out);
 /* Adds a tensor; `data` (nbytes) is borrowed until sw_st_writer_save returns. The name is copied. */
 int sw_st_writer_add(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int ndim,
                      const int64_t *shape, const void *data, uint64_t nbytes);
+/* Same, but the writer keeps its own copy of the data (for small, short-lived tensors). */
+int sw_st_writer_add_copy(sw_st_writer_t *w, const char *name, sw_st_dtype_t dt, int ndim,
+                          const int64_t *shape, const void *data, uint64_t nbytes);
 /* Adds a __metadata__ string entry (copied). */
 int sw_st_writer_metadata(sw_st_writer_t *w, const char *key, const char *value);
 int sw_st_writer_save(sw_st_writer_t *w, const char *path);

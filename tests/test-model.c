@@ -94,7 +94,7 @@ static void test_logits_match_transformers(void)
         int V;
 
         SW_CHECK_OK(fixture_open(fixtures[f], &fx));
-        SW_CHECK_OK(sw_local_open(fx.dir, 1, fx.T, &l));
+        SW_CHECK_OK(sw_local_open(fx.dir, 1, fx.T, NULL, &l));
         V = sw_local_config(l)->vocab_size;
         logits = sw_malloc((size_t)fx.T * V * sizeof(float));
         for (size_t b = 0; b < 2; b++) {
@@ -126,7 +126,7 @@ static void test_greedy_matches_transformers(void)
         int V;
 
         SW_CHECK_OK(fixture_open(fixtures[f], &fx));
-        SW_CHECK_OK(sw_local_open(fx.dir, 1, fx.T + fx.N, &l));
+        SW_CHECK_OK(sw_local_open(fx.dir, 1, fx.T + fx.N, NULL, &l));
         V = sw_local_config(l)->vocab_size;
         logits = sw_malloc((size_t)fx.N * V * sizeof(float));
         SW_CHECK_OK(sw_local_greedy(l, &sw_ops_cpu, fx.prompt, fx.T, fx.N, ids, logits, NULL, NULL));
@@ -164,7 +164,7 @@ static void test_hidden_states_per_block(void)
             sw_span_t *s;
             sw_kv_t *kv;
             SW_CHECK_OK(sw_head_embed(head, &sw_ops_cpu, fx.prompt, fx.T, x));
-            SW_CHECK_OK(sw_span_load(m, 0, l, &s));
+            SW_CHECK_OK(sw_span_load(m, 0, l, NULL, &s));
             SW_CHECK_OK(sw_kv_create(s, 1, fx.T, &kv));
             SW_CHECK_OK(sw_span_forward(s, kv, &sw_ops_cpu, x, 1, fx.T));
             double e = sw_rel_l2(x, fx.hidden + (size_t)l * TH, TH);
@@ -197,15 +197,15 @@ static void test_span_split_equals_whole(void)
     size_t TH = (size_t)fx.T * c->hidden_size;
     float *ref = sw_malloc(TH * sizeof(float)), *x = sw_malloc(TH * sizeof(float));
     SW_CHECK_OK(sw_head_embed(head, &sw_ops_cpu, fx.prompt, fx.T, ref));
-    SW_CHECK_OK(sw_span_load(m, 0, c->num_layers, &whole));
+    SW_CHECK_OK(sw_span_load(m, 0, c->num_layers, NULL, &whole));
     SW_CHECK_OK(sw_kv_create(whole, 1, fx.T + 1, &kv));
     SW_CHECK_OK(sw_span_forward(whole, kv, &sw_ops_cpu, ref, 1, fx.T));
     for (int a = 1; a < c->num_layers; a++) {
         sw_span_t *s1, *s2;
         sw_kv_t *k1, *k2;
         SW_CHECK_OK(sw_head_embed(head, &sw_ops_cpu, fx.prompt, fx.T, x));
-        SW_CHECK_OK(sw_span_load(m, 0, a, &s1));
-        SW_CHECK_OK(sw_span_load(m, a, c->num_layers, &s2));
+        SW_CHECK_OK(sw_span_load(m, 0, a, NULL, &s1));
+        SW_CHECK_OK(sw_span_load(m, a, c->num_layers, NULL, &s2));
         SW_CHECK_OK(sw_kv_create(s1, 1, fx.T, &k1));
         SW_CHECK_OK(sw_kv_create(s2, 1, fx.T, &k2));
         SW_CHECK_OK(sw_span_forward(s1, k1, &sw_ops_cpu, x, 1, fx.T));
@@ -221,8 +221,8 @@ static void test_span_split_equals_whole(void)
     SW_CHECK(sw_kv_len(kv) == fx.T);
     /* a range outside the model is refused */
     sw_span_t *bad = NULL;
-    SW_CHECK(sw_span_load(m, 0, c->num_layers + 1, &bad) == -EINVAL && bad == NULL);
-    SW_CHECK(sw_span_load(m, 2, 2, &bad) == -EINVAL);
+    SW_CHECK(sw_span_load(m, 0, c->num_layers + 1, NULL, &bad) == -EINVAL && bad == NULL);
+    SW_CHECK(sw_span_load(m, 2, 2, NULL, &bad) == -EINVAL);
     sw_kv_free(kv);
     sw_span_free(whole);
     sw_free(ref);
@@ -249,8 +249,8 @@ static void test_kv_decode_equals_recompute(void)
         int T = 150, steps = 8, V;
 
         snprintf(dir, sizeof(dir), "%s/tests/fixtures/%s", getenv("SW_SOURCE_ROOT"), names[f]);
-        SW_CHECK_OK(sw_local_open(dir, 1, T + steps, &inc));
-        SW_CHECK_OK(sw_local_open(dir, 1, T + steps, &full));
+        SW_CHECK_OK(sw_local_open(dir, 1, T + steps, NULL, &inc));
+        SW_CHECK_OK(sw_local_open(dir, 1, T + steps, NULL, &full));
         V = sw_local_config(inc)->vocab_size;
         for (int i = 0; i < T + steps; i++)
             seq[i] = (int32_t)(sw_test_rand_u64(&seed) % (unsigned)V);
@@ -283,8 +283,8 @@ static void test_batch_equals_single(void)
     int T = 20, V;
 
     snprintf(dir, sizeof(dir), "%s/tests/fixtures/qwen2-bias", getenv("SW_SOURCE_ROOT"));
-    SW_CHECK_OK(sw_local_open(dir, 2, T + 1, &b2));
-    SW_CHECK_OK(sw_local_open(dir, 1, T + 1, &b1));
+    SW_CHECK_OK(sw_local_open(dir, 2, T + 1, NULL, &b2));
+    SW_CHECK_OK(sw_local_open(dir, 1, T + 1, NULL, &b1));
     V = sw_local_config(b1)->vocab_size;
     for (int i = 0; i < T; i++) {
         ids[0][i] = (int32_t)(sw_test_rand_u64(&seed) % (unsigned)V);
@@ -318,7 +318,7 @@ static void test_bad_token_refused(void)
     int32_t ids[2] = { 1, 1 << 20 };
 
     snprintf(dir, sizeof(dir), "%s/tests/fixtures/llama-mha-tied", getenv("SW_SOURCE_ROOT"));
-    SW_CHECK_OK(sw_local_open(dir, 1, 4, &l));
+    SW_CHECK_OK(sw_local_open(dir, 1, 4, NULL, &l));
     SW_CHECK(sw_local_forward(l, &sw_ops_cpu, ids, 2, 0, logits) == -EINVAL);
     SW_CHECK(strstr(sw_err_detail(), "1048576") != NULL);
     ids[1] = -1;
@@ -380,7 +380,7 @@ static void test_mismatched_checkpoint_refused(void)
     snprintf(edited, sizeof(edited), "%.*s\"intermediate_size\": 200%s", pre, cfg, rest);
     sw_free(cfg);
     SW_CHECK_OK(copy_fixture("llama-mha-tied", edited, tmp, sizeof(tmp)));
-    SW_CHECK(sw_local_open(tmp, 1, 8, &l) == SW_EFORMAT && l == NULL);
+    SW_CHECK(sw_local_open(tmp, 1, 8, NULL, &l) == SW_EFORMAT && l == NULL);
     SW_CHECKF(strstr(sw_err_detail(), "mlp.gate_proj.weight") && strstr(sw_err_detail(), "200"),
               "detail: %s", sw_err_detail());
     remove_dir(tmp);
@@ -389,7 +389,7 @@ static void test_mismatched_checkpoint_refused(void)
     SW_CHECK_OK(copy_fixture("qwen2-bias", NULL, tmp, sizeof(tmp)));
     snprintf(path, sizeof(path), "rm -f %s/model-00002-of-*.safetensors", tmp);
     SW_CHECK(system(path) == 0);
-    SW_CHECK(sw_local_open(tmp, 1, 8, &l) < 0 && l == NULL);
+    SW_CHECK(sw_local_open(tmp, 1, 8, NULL, &l) < 0 && l == NULL);
     SW_CHECKF(strstr(sw_err_detail(), "model-00002-of-") != NULL, "detail: %s", sw_err_detail());
     remove_dir(tmp);
 }
