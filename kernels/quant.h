@@ -142,7 +142,5 @@ void sw_q8_dequantize(const uint8_t *q, const float *absmax, size_t n, int block
  * a value exactly on a midpoint goes to the code the descent ended on; NaN gives code 0.
  */
 uint8_t sw_q8_quantize_one(const float *code, float x);
-/* Regenerates the signed dynamic map into map (256) from bnb's recipe (see quant.c). */
-void sw_q8_create_dynamic_map(float map[256]);
 
 #endif
