@@ -20,6 +20,51 @@
 
 #define MAX_IDS (1 << 20)
 
+/* --quant / --int8-threshold, shared by every command that loads blocks */
+#define QUANT_OPTIONS \
+    { "quant", required_argument, NULL, 'Q' }, \
+    { "int8-threshold", required_argument, NULL, 'X' }
+#define QUANT_HELP \
+    "  --quant Q            weight format of the blocks: nf4 (4-bit NormalFloat, double-quantized\n" \
+    "                       absmax, as bitsandbytes/QLoRA), int8 (LLM.int8()), none (as stored,\n" \
+    "                       16/32-bit). Default: as the checkpoint stores them. Embeddings, norms\n" \
+    "                       and the LM head stay 16-bit.\n" \
+    "  --int8-threshold T   LLM.int8() outlier threshold: activation columns with |x| >= T run\n" \
+    "                       in floating point (default 6.0; 0 disables the decomposition)\n"
+
+static void progress_line(void *ctx, int block, int done, int total)
+{
+    const sw_load_opts_t *o = ctx;
+
+    fprintf(stderr, "swarmd: %s block %d (%d/%d)\n",
+            o->quant == SW_QUANT_NF4 ? "quantized to nf4:" : "quantized to int8:", block, done,
+            total);
+}
+
+/* Handles a QUANT_OPTIONS option; returns 0, or 2 (usage error, message printed). */
+static int quant_option(const char *cmd, int c, const char *arg, sw_load_opts_t *o)
+{
+    char *end;
+
+    if (c == 'Q') {
+        if (sw_quant_parse(arg, &o->quant) < 0) {
+            fprintf(stderr, "swarmd %s: %s\n", cmd, sw_err_detail());
+            return 2;
+        }
+        if (o->quant == SW_QUANT_NF4 || o->quant == SW_QUANT_INT8) {
+            o->progress = progress_line;
+            o->progress_ctx = o;
+        }
+        return 0;
+    }
+    o->int8_threshold = strtof(arg, &end);
+    if (end == arg || *end || !(o->int8_threshold >= 0.0f) || o->int8_threshold > 1e6f) {
+        fprintf(stderr, "swarmd %s: --int8-threshold wants a number >= 0, not '%s'\n", cmd, arg);
+        return 2;
+    }
+    return 0;
+}
+
 static const sw_ops_t *chosen_ops(void)
 {
     return strcmp(sw_global_opts.backend, "reference") == 0 ? &sw_ops_ref : &sw_ops_cpu;
@@ -95,6 +140,7 @@ static void eval_usage(FILE *f)
             "  --model DIR         Hugging Face checkpoint directory (config.json + *.safetensors)\n"
             "  --tokens IDS        prompt token ids, comma-separated: 1,2,3\n"
             "  --logits-out FILE   also write the raw logits: float32, T x V, row-major, little-endian\n"
+            QUANT_HELP
             "  -h, --help          this help\n");
 }
 
@@ -104,6 +150,7 @@ int sw_cmd_eval(int argc, char **argv)
         { "model", required_argument, NULL, 'm' },
         { "tokens", required_argument, NULL, 't' },
         { "logits-out", required_argument, NULL, 'o' },
+        QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -111,10 +158,16 @@ int sw_cmd_eval(int argc, char **argv)
     sw_local_t *l = NULL;
     int32_t *ids = NULL;
     float *logits = NULL;
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
     int c, T = 0, V, r, rc = 1;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
+        case 'Q':
+        case 'X':
+            if (quant_option("eval", c, optarg, &lo))
+                return 2;
+            break;
         case 'm': model = optarg; break;
         case 't': tokens = optarg; break;
         case 'o': logits_out = optarg; break;
@@ -131,7 +184,7 @@ int sw_cmd_eval(int argc, char **argv)
         fprintf(stderr, "swarmd eval: %s\n", sw_err_detail());
         return 2;
     }
-    r = sw_local_open(model, 1, T, NULL, &l);
+    r = sw_local_open(model, 1, T, &lo, &l);
     if (r < 0) {
         rc = fail("eval", "cannot load the model", r);
         goto out;
@@ -189,6 +242,7 @@ static void generate_usage(FILE *f)
             "  --prompt-ids IDS     prompt token ids, comma-separated: 1,2,3\n"
             "  --max-new-tokens N   tokens to generate (default 16)\n"
             "  --max-len N          context length to reserve (default: prompt + new tokens)\n"
+            QUANT_HELP
             "  -h, --help           this help\n");
 }
 
@@ -209,6 +263,7 @@ int sw_cmd_generate(int argc, char **argv)
         { "prompt-ids", required_argument, NULL, 'p' },
         { "max-new-tokens", required_argument, NULL, 'n' },
         { "max-len", required_argument, NULL, 'L' },
+        QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -216,9 +271,15 @@ int sw_cmd_generate(int argc, char **argv)
     int c, local = 0, n_new = 16, max_len = 0, T = 0, first = 1, r, rc = 1;
     int32_t *ids = NULL, *out_ids = NULL;
     sw_local_t *l = NULL;
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
+        case 'Q':
+        case 'X':
+            if (quant_option("generate", c, optarg, &lo))
+                return 2;
+            break;
         case 'l': local = 1; break;
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
@@ -261,7 +322,7 @@ int sw_cmd_generate(int argc, char **argv)
         rc = fail("generate", "out of memory", -ENOMEM);
         goto out;
     }
-    r = sw_local_open(model, 1, max_len, NULL, &l);
+    r = sw_local_open(model, 1, max_len, &lo, &l);
     if (r < 0) {
         rc = fail("generate", "cannot load the model", r);
         goto out;
@@ -376,13 +437,93 @@ int sw_cmd_inspect(int argc, char **argv)
         rc = fail("inspect", "the blocks do not load", r);
         goto out;
     }
-    printf("\nbytes read per token, per block:\n");
-    for (int b = 0; b < cfg->num_layers; b++)
-        printf("  block %-4d %12zu bytes (%.2f MiB)\n", b, sw_span_block_bytes(span, b),
-               (double)sw_span_block_bytes(span, b) / (1 << 20));
+    /* bytes per block in the stored format and in each quantized one (computed from shapes) */
+    {
+        int64_t shapes[SW_BLOCK_LINEARS][2];
+        uint64_t lin = 0, lin_params = 0, lin_nf4 = 0, lin_int8 = 0;
+        sw_block_linear_shapes(cfg, shapes);
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++) {
+            uint64_t N = (uint64_t)shapes[k][0], K = (uint64_t)shapes[k][1], nb = (N * K + 63) / 64;
+            lin_params += N * K;
+            lin_nf4 += (N * K + 1) / 2 + nb + (nb + 255) / 256 * 4 + 4;
+            lin_int8 += N * K + 4 * N;
+        }
+        printf("\nweights read per token, per block (MiB), and bits per block-Linear parameter:\n");
+        printf("  %-8s %14s %10s %10s\n", "block", "as stored", "nf4", "int8");
+        for (int b = 0; b < cfg->num_layers; b++) {
+            double stored = (double)sw_span_block_bytes(span, b);
+            lin = 0;
+            for (int k = 0; k < SW_BLOCK_LINEARS; k++)
+                lin += sw_span_linear_bytes(span, b, k);
+            printf("  %-8d %14.3f %10.3f %10.3f\n", b, stored / (1 << 20),
+                   (stored - (double)lin + (double)lin_nf4) / (1 << 20),
+                   (stored - (double)lin + (double)lin_int8) / (1 << 20));
+        }
+        printf("  %-8s %14.3f %10.3f %10.3f\n", "bits/par", 8.0 * (double)lin / (double)lin_params,
+               8.0 * (double)lin_nf4 / (double)lin_params, 8.0 * (double)lin_int8 / (double)lin_params);
+        printf("(nf4: blocks of 64 with double-quantized absmax; int8: LLM.int8() with one scale per "
+               "row; embeddings, norms and the LM head stay as stored)\n");
+    }
     rc = 0;
 out:
     sw_span_free(span);
     sw_model_close(m);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void quantize_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd quantize --model DIR --quant nf4|int8 --out DIR2 [--int8-threshold T]\n"
+            "\n"
+            "Writes a pre-quantized copy of a 16/32-bit checkpoint, laid out as transformers +\n"
+            "bitsandbytes save theirs (loadable there too), with a quantization_config in\n"
+            "config.json. Loading it needs no re-quantization and gives exactly the weights\n"
+            "that --quant gives on load. Prints a progress line per block.\n"
+            "\n"
+            "  --model DIR          source checkpoint (config.json + *.safetensors)\n"
+            "  --out DIR2           destination directory (created; files in it are replaced)\n"
+            QUANT_HELP
+            "  -h, --help           this help\n");
+}
+
+int sw_cmd_quantize(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "out", required_argument, NULL, 'o' },
+        QUANT_OPTIONS,
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL, *out = NULL;
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
+    int c, r;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'o': out = optarg; break;
+        case 'Q':
+        case 'X':
+            if (quant_option("quantize", c, optarg, &lo))
+                return 2;
+            break;
+        case 'h': quantize_usage(stdout); return 0;
+        default: quantize_usage(stderr); return 2;
+        }
+    }
+    if (!model || !out || optind != argc ||
+        (lo.quant != SW_QUANT_NF4 && lo.quant != SW_QUANT_INT8)) {
+        fprintf(stderr, "swarmd quantize: --model, --out and --quant nf4|int8 are required\n\n");
+        quantize_usage(stderr);
+        return 2;
+    }
+    r = sw_model_quantize(model, out, &lo);
+    if (r < 0)
+        return fail("quantize", "cannot quantize", r);
+    printf("wrote %s (%s)\n", out, sw_quant_name(lo.quant));
+    return 0;
 }

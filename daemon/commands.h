@@ -9,6 +9,7 @@
 int sw_cmd_eval(int argc, char **argv);
 int sw_cmd_generate(int argc, char **argv);
 int sw_cmd_inspect(int argc, char **argv);
+int sw_cmd_quantize(int argc, char **argv);
 
 /* Shared by main.c and the commands: options every subcommand accepts. */
 typedef struct {

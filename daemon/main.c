@@ -27,7 +27,8 @@ static const struct {
 } commands[] = {
     { "eval", sw_cmd_eval, "run a prompt through the whole model locally; per-position argmax and log-probability" },
     { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
-    { "inspect", sw_cmd_inspect, "show a model's architecture, tensors and bytes per block" },
+    { "inspect", sw_cmd_inspect, "show a model's architecture, tensors, bytes per block per format" },
+    { "quantize", sw_cmd_quantize, "write an NF4 or Int8 copy of a checkpoint (bitsandbytes layout)" },
 };
 
 static void usage(FILE *f)

@@ -175,6 +175,21 @@ static int load_vector(sw_model_t *m, const char *name, int64_t n, float **out)
 /* ------------------------------------------------------------------------------------------ */
 /* spans                                                                                       */
 
+const char *const sw_block_linear_names[SW_BLOCK_LINEARS] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+};
+
+void sw_block_linear_shapes(const sw_model_config_t *c, int64_t shapes[SW_BLOCK_LINEARS][2])
+{
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KD = (int64_t)c->num_kv_heads * c->head_dim;
+    const int64_t s[SW_BLOCK_LINEARS][2] = { { QD, H }, { KD, H }, { KD, H }, { H, QD },
+                                             { I, H }, { I, H }, { H, I } };
+
+    memcpy(shapes, s, sizeof(s));
+}
+
 static void block_free(block_t *bl)
 {
     sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu, &bl->wd };
@@ -196,15 +211,16 @@ static int block_load(sw_model_t *m, int layer, const sw_load_opts_t *o, block_t
     int r;
 
 #define NAME(suffix) (snprintf(name, sizeof(name), "model.layers.%d.%s", layer, suffix), name)
-#define LINEAR(suffix, rows, cols, t) sw_weight_load(m->ckpt, m->dir, NAME(suffix), rows, cols, o, t)
-    if ((r = LINEAR("self_attn.q_proj", QD, H, &bl->wq)) < 0 ||
-        (r = LINEAR("self_attn.k_proj", KD, H, &bl->wk)) < 0 ||
-        (r = LINEAR("self_attn.v_proj", KD, H, &bl->wv)) < 0 ||
-        (r = LINEAR("self_attn.o_proj", H, QD, &bl->wo)) < 0 ||
-        (r = LINEAR("mlp.gate_proj", I, H, &bl->wg)) < 0 ||
-        (r = LINEAR("mlp.up_proj", I, H, &bl->wu)) < 0 ||
-        (r = LINEAR("mlp.down_proj", H, I, &bl->wd)) < 0 ||
-        (r = load_vector(m, NAME("input_layernorm.weight"), H, &bl->attn_norm)) < 0 ||
+    sw_tensor_t *mats[SW_BLOCK_LINEARS] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo,
+                                            &bl->wg, &bl->wu, &bl->wd };
+    int64_t shapes[SW_BLOCK_LINEARS][2];
+
+    sw_block_linear_shapes(c, shapes);
+    for (int k = 0; k < SW_BLOCK_LINEARS; k++)
+        if ((r = sw_weight_load(m->ckpt, m->dir, NAME(sw_block_linear_names[k]), shapes[k][0],
+                                shapes[k][1], o, mats[k])) < 0)
+            return r;
+    if ((r = load_vector(m, NAME("input_layernorm.weight"), H, &bl->attn_norm)) < 0 ||
         (r = load_vector(m, NAME("post_attention_layernorm.weight"), H, &bl->mlp_norm)) < 0)
         return r;
     if (c->attention_bias &&
@@ -219,7 +235,6 @@ static int block_load(sw_model_t *m, int layer, const sw_load_opts_t *o, block_t
          (r = load_vector(m, NAME("mlp.up_proj.bias"), I, &bl->bu)) < 0 ||
          (r = load_vector(m, NAME("mlp.down_proj.bias"), H, &bl->bd)) < 0))
         return r;
-#undef LINEAR
 #undef NAME
     return 0;
 }
@@ -282,15 +297,22 @@ int sw_span_end(const sw_span_t *s)
     return s->b;
 }
 
-size_t sw_span_block_bytes(const sw_span_t *s, int block)
+size_t sw_span_linear_bytes(const sw_span_t *s, int block, int k)
 {
     const block_t *bl = &s->blocks[block - s->a];
     const sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu, &bl->wd };
+
+    return sw_tensor_nbytes(mats[k]) + sw_qtensor_state_bytes(mats[k]);
+}
+
+size_t sw_span_block_bytes(const sw_span_t *s, int block)
+{
+    const block_t *bl = &s->blocks[block - s->a];
     const sw_model_config_t *c = s->cfg;
     size_t n = 0;
 
-    for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
-        n += sw_tensor_nbytes(mats[i]) + sw_qtensor_state_bytes(mats[i]);
+    for (int k = 0; k < SW_BLOCK_LINEARS; k++)
+        n += sw_span_linear_bytes(s, block, k);
     n += 2 * (size_t)c->hidden_size * 4;
     if (bl->bq)
         n += (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * 4;

@@ -34,7 +34,23 @@ const sw_model_config_t *sw_model_config(const sw_model_t *m);
 sw_st_dir_t *sw_model_checkpoint(sw_model_t *m);
 const char *sw_model_dir(const sw_model_t *m);
 
+/*
+ * Writes a copy of the checkpoint in src to the directory dst (created if needed) with every
+ * block Linear quantized as opts->quant says (NF4 with double quantization, or Int8), in the
+ * transformers + bitsandbytes layout (weights.h); embeddings, norms, biases and the LM head are
+ * copied as stored, config.json gains a quantization_config, and side files (tokenizer, ...) are
+ * copied. opts->progress is called after each block. Loading the result gives bit-identical
+ * weights to quantizing on load.
+ */
+int sw_model_quantize(const char *src, const char *dst, const sw_load_opts_t *opts);
+
 /* ---- a span of blocks ---- */
+
+#define SW_BLOCK_LINEARS 7
+/* A block's Linear layers ("self_attn.q_proj", ..., "mlp.down_proj") in load order. */
+extern const char *const sw_block_linear_names[SW_BLOCK_LINEARS];
+/* Their (N, K) shapes under config c, in the same order. */
+void sw_block_linear_shapes(const sw_model_config_t *c, int64_t shapes[SW_BLOCK_LINEARS][2]);
 
 typedef struct sw_span sw_span_t;
 
@@ -49,6 +65,8 @@ int sw_span_end(const sw_span_t *s);
 /* Bytes of weights one block reads per token (matrices with their quantization state, norms,
  * biases). */
 size_t sw_span_block_bytes(const sw_span_t *s, int block);
+/* Bytes of Linear k (sw_block_linear_names order) of a block, quantization state included. */
+size_t sw_span_linear_bytes(const sw_span_t *s, int block, int k);
 
 /*
  * KV cache and scratch for B sequences of up to max_len positions through span s. All buffers
