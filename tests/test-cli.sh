@@ -59,6 +59,12 @@ expect 0 "generate --help" "$SWARMD" generate --help
 for o in --local --model --prompt-ids --max-new-tokens --max-len; do contains "$tmp/out" "$o" "generate --help has $o"; done
 expect 0 "inspect --help" "$SWARMD" inspect --help
 contains "$tmp/out" "--model" "inspect --help has --model"
+expect 0 "quantize --help" "$SWARMD" quantize --help
+for o in --model --out --quant --int8-threshold; do contains "$tmp/out" "$o" "quantize --help has $o"; done
+for c in eval generate; do
+  expect 0 "$c --help" "$SWARMD" $c --help
+  for o in --quant --int8-threshold; do contains "$tmp/out" "$o" "$c --help has $o"; done
+done
 
 # ---- README examples run as written (build/swarmd is this build's binary) ----
 n=0
@@ -86,6 +92,27 @@ for fx in llama-mha-tied llama-gqa-llama3 qwen2-bias mistral-window-dynamic; do
   V=$(python3 -c "import json; print(json.load(open('$dir/config.json'))['vocab_size'])")
   [ "$(stat -c %s "$tmp/logits")" -eq $((T * V * 4)) ] && ok "$fx: --logits-out is T x V float32" || bad "$fx: --logits-out size"
 done
+
+# ---- quantization ----
+wide=tests/fixtures/llama-wide
+wprompt=$(ref "$wide/reference.safetensors" prompt)
+expect 0 "quantize nf4" "$SWARMD" quantize --model "$wide" --quant nf4 --out "$tmp/wide-nf4"
+contains "$tmp/err" "quantized to nf4: block 1 (2/2)" "quantize prints a progress line per block"
+expect 0 "generate --quant nf4 (on load)" "$SWARMD" generate --local --model "$wide" --prompt-ids "$wprompt" --max-new-tokens 8 --quant nf4
+cp "$tmp/out" "$tmp/onload"
+contains "$tmp/err" "quantized to nf4: block 0 (1/2)" "quantize-on-load prints progress"
+expect 0 "generate from the quantized checkpoint" "$SWARMD" generate --local --model "$tmp/wide-nf4" --prompt-ids "$wprompt" --max-new-tokens 8
+cmp -s "$tmp/out" "$tmp/onload" && ok "pre-quantized checkpoint generates what quantize-on-load does" || bad "pre-quantized == on-load"
+expect 0 "inspect a quantized checkpoint" "$SWARMD" inspect --model "$tmp/wide-nf4"
+contains "$tmp/out" "4.127" "inspect shows nf4 bits per parameter"
+contains "$tmp/out" "U8" "inspect lists the packed uint8 tensors"
+expect 1 "quantized checkpoint with another --quant" "$SWARMD" eval --model "$tmp/wide-nf4" --tokens 1,2 --quant int8
+contains "$tmp/err" "--quant nf4" "wrong --quant for a quantized checkpoint says which to use"
+expect 0 "eval --quant int8" "$SWARMD" eval --model "$wide" --tokens "$wprompt" --quant int8
+expect 2 "unknown --quant" "$SWARMD" eval --model "$wide" --tokens 1 --quant int3
+contains "$tmp/err" "int3" "unknown --quant is named"
+expect 2 "quantize without --quant" "$SWARMD" quantize --model "$wide" --out "$tmp/x"
+expect 2 "bad --int8-threshold" "$SWARMD" eval --model "$wide" --tokens 1 --quant int8 --int8-threshold -1
 
 # ---- errors say what went wrong ----
 expect 1 "missing model dir" "$SWARMD" eval --model "$tmp/nope" --tokens 1
