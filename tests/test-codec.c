@@ -295,6 +295,54 @@ static void test_blockwise8_layout(void)
     sw_free(buf);
 }
 
+/*
+ * The codec's fast quantizer gives exactly sw_q8_quantize's codes on the hardest inputs: every
+ * midpoint between neighbouring map entries and the floats just around it (absmax fixed to 1 by
+ * a 1.0 at the start of each block, so the scaled value is the probe itself), tiny subnormal
+ * blocks where 1/absmax overflows to inf, and all-zero blocks (NaN scaled values).
+ */
+static void test_blockwise8_exact_codes(void)
+{
+    size_t n = 0, cap = 256 * 64 * 2;
+    float *x = sw_calloc(cap, sizeof(float));
+
+    for (int c = 0; c < 255; c++) {
+        float m = (sw_q8_dynamic_map[c] + sw_q8_dynamic_map[c + 1]) * 0.5f;
+        float probes[5] = {m, nextafterf(m, -2), nextafterf(m, 2), sw_q8_dynamic_map[c],
+                           nextafterf(sw_q8_dynamic_map[c + 1], -2)};
+        for (int k = 0; k < 5; k++) {
+            if (n % 64 == 0)
+                x[n++] = 1.0f;
+            x[n++] = probes[k];
+        }
+    }
+    while (n % 64)
+        x[n++] = -1.0f;
+    const float tiny[4] = {0x1p-149f, -0x1p-149f, 0x1p-140f, 0.0f}; /* absmax 2^-140: 1/a = inf */
+    for (int k = 0; k < 64; k++)
+        x[n++] = tiny[k % 4];
+    for (int k = 0; k < 64; k++)
+        x[n++] = k % 2 ? 0x1p-149f : 0.0f;
+    n += 64; /* an all-zero block */
+    size_t nb = n / 64;
+    uint8_t *q = sw_malloc(n), *buf = sw_malloc(4 * nb + n);
+    float *am = sw_malloc(nb * 4);
+    int64_t shape[1] = {(int64_t)n};
+    sw_codec_opts_t o = {.codec = SW_CODEC_BLOCKWISE8, .blocksize = 64};
+    sw_tensor_header_t h;
+
+    sw_q8_quantize(x, n, 64, q, am);
+    SW_CHECK_OK(sw_codec_encode(NULL, &o, x, 1, shape, &h, buf, 4 * nb + n));
+    SW_CHECK(memcmp(buf, am, 4 * nb) == 0);
+    for (size_t i = 0; i < n; i++)
+        SW_CHECKF(buf[4 * nb + i] == q[i], "x[%zu] = %a: code %d, sw_q8_quantize %d", i,
+                  (double)x[i], buf[4 * nb + i], q[i]);
+    sw_free(q);
+    sw_free(buf);
+    sw_free(am);
+    sw_free(x);
+}
+
 /* zstd changes nothing in the decoded values: same output as without it, for every codec. */
 static void test_zstd_same_values(void)
 {
@@ -757,6 +805,7 @@ int main(void)
     SW_RUN(test_half_bounds);
     SW_RUN(test_blockwise8_bounds);
     SW_RUN(test_blockwise8_layout);
+    SW_RUN(test_blockwise8_exact_codes);
     SW_RUN(test_zstd_same_values);
     SW_RUN(test_edges);
     SW_RUN(test_nonfinite_input);
