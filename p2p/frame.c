@@ -141,7 +141,9 @@ int sw_envelope_decode(const uint8_t *buf, size_t len, const sw_env_limits_t *li
     if (!e)
         return sw_err(SW_EFORMAT, "envelope does not parse");
     f = e->flags;
-    if (f & ~(uint32_t)ALL_FLAGS) {
+    if (e->base.n_unknown_fields) { /* new fields come with a new protocol version, never silently */
+        r = sw_err(SW_EFORMAT, "envelope has %u unknown fields", e->base.n_unknown_fields);
+    } else if (f & ~(uint32_t)ALL_FLAGS) {
         r = sw_err(SW_EFORMAT, "envelope has unknown flags 0x%x", f);
     } else if ((f & (F(PING) | F(PONG) | F(WINDOW))) && (f & ~(uint32_t)(F(PING) | F(PONG) | F(WINDOW)))) {
         r = sw_err(SW_EFORMAT, "control envelope mixes flags 0x%x", f);
