@@ -722,7 +722,8 @@ static void raw_open(uv_loop_t *loop, raw_t *r, int port, const uint8_t *bytes, 
     struct sockaddr_in sa;
 
     memset(r, 0, sizeof(*r));
-    memcpy(r->send, bytes, n);
+    if (n)
+        memcpy(r->send, bytes, n);
     r->send_len = n;
     uv_ip4_addr("127.0.0.1", port, &sa);
     uv_tcp_init(loop, &r->t);
