@@ -4,14 +4,16 @@
  * vectorize it with baseline SSE2) for CPUs without them. The reference is cpu/ref.c; tests compare
  * both paths against it (tests/test-kernels.c).
  *
- * Nothing here allocates. Per-call scratch is a bounded tile on the stack (matmul: NB x KC floats,
- * rope: ROPE_CHUNK x 2 floats) or the caller's `scratch` (attention).
+ * Nothing here allocates. Per-call scratch is a bounded tile on the stack (matmul: NB x KC floats;
+ * quantized matmul: 64 KiB of int8 x on the calling thread, 20 KiB of NF4 factors per pool
+ * thread; rope: ROPE_CHUNK x 2 floats) or the caller's `scratch` (attention).
  *
  * matmul, y (M, N) = x (M, K) @ W (N, K)^T + bias, the hot op:
  *   - M == 1 on AVX2 (decode, GEMV): bandwidth bound. The pool splits the rows of W into one
  *     contiguous range per thread; each thread streams 4 rows at a time, once, converting bf16 by
  *     a 16-bit shift and f16 with vcvtph2ps right after the load, with 8 accumulators (4 rows x
  *     2 halves of 16 columns) so one load of x serves 4 rows.
+ *   - NF4 with M <= 4 on AVX2: an int8-activation GEMV (see "Quantized weights" below).
  *   - M > 1, or the portable path: a block of NB = 4 rows of W, KC = 512 columns at a time, is
  *     converted once into an fp32 stack tile and used for every row of x by a 3x4 micro-kernel
  *     (3 rows of x, 4 rows of W, 12 accumulators). Partial sums over K chunks go into y.
@@ -536,18 +538,20 @@ static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
 /* Quantized weights (kernels/quant.h): NF4 and LLM.int8() matmul                             */
 /*
  * NF4, y = x @ W^T with W = code[nibble] * absmax[block]:
- *   - M == 1 on AVX2 with K % blocksize == 0 and blocksize % 64 == 0 (every bnb checkpoint with
- *     the default 64): fused GEMV. x is first permuted, once per call, into a stack copy in which
- *     each group of 64 columns is stored transposed 8 x 8 (xp[g*64 + t*8 + j] = x[g*64 + 8j + t]).
- *     Then a 32-byte load of packed codes (64 weights, 8 per 32-bit lane) decodes with two shifts
- *     per 8 weights: lane j's t-th nibble is weight 8j + t, the low 3 bits index vpermps into
- *     the two 8-entry halves of the code and bit 3 (shifted to the sign) picks the half with
- *     vblendvps. 4 rows of W share each load of x; per block the fp32 partial dot is multiplied
- *     by the block's absmax (so the product order differs from dequantize-then-dot by rounding).
- *     K is walked in chunks of XP_MAX columns (a multiple of every blocksize) so the stack copy
- *     stays at 64 KiB; the pool splits the rows of W.
- *   - otherwise (M > 1, ragged blocks, portable): the generic tile path above, with each tile row
- *     dequantized exactly (code * absmax in fp32) by nf4_decode, then the 3x4 micro-kernel.
+ *   - M <= 4 on AVX2 with K % blocksize == 0 and blocksize % 64 == 0 (every bnb checkpoint with
+ *     the default 64): the int8-activation GEMV of llama.cpp's Q4_0 x Q8_0 (nf4q_* below). The
+ *     calling thread quantizes x once per call to int8 with one scale per 64 columns, into a
+ *     64 KiB stack buffer (K is walked in chunks when M * K exceeds it); the pool splits the rows
+ *     of W. Per 64 weights of a row: one 32-byte load, two vpshufb through a 16-entry int8 table
+ *     of the codes (x 127), vpsignb + vpmaddubsw + vpmaddwd against x, and one FMA of the exact
+ *     int32 sum by absmax * xscale in fp32. It is not exact: x and the code each round to 1/127
+ *     steps (rel-L2 vs the reference ~0.8% on randn data; NF4's own error is ~9%), like bnb's
+ *     fused kernels which are not bit-identical to dequantize-then-matmul either (bnb.md 1.6).
+ *     Bandwidth bound: about 17 vector ops per 64 weights and row. x with a NaN or inf takes
+ *     the exact path, which propagates it as the reference does.
+ *   - otherwise (M > 4, ragged blocks, bs 32, portable): the generic tile path above, with each
+ *     tile row dequantized exactly (code * absmax in fp32) by nf4_decode, then the 3x4
+ *     micro-kernel.
  * Int8 (LLM.int8(), same algorithm as ref_matmul_int8): the calling thread finds the outlier
  * columns (|x| >= threshold in any row; at most I8_MAX_OUTL of them), quantizes a chunk of rows of
  * x to int8 into a 64 KiB stack buffer (outlier columns zeroed, per-row absmax over the rest),
@@ -557,7 +561,6 @@ static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
  * fall back to the reference op (correct, slow, still allocation-free).
  */
 
-#define XP_MAX 16384      /* columns of x held permuted on the stack by the NF4 GEMV (64 KiB) */
 #define I8_XQ_BYTES 65536 /* int8 activations quantized at a time */
 #define I8_MAX_K 65536    /* the int8 fast path handles K up to this */
 #define I8_MAX_ROWS 256   /* rows of x per int8 chunk */
@@ -614,81 +617,272 @@ static void nf4_decode(const sw_tensor_t *w, size_t i0, size_t n, float *dst, in
     }
 }
 
-struct nf4v_ctx {
+/*
+ * NF4 x int8 GEMV for M <= 4 (AVX2), the layout of its x copy (per call, on the calling thread's
+ * stack) and the task that the pool runs over blocks of NB rows of W.
+ *
+ * x is quantized per group of 64 columns g (64 | blocksize, so a group lies in one NF4 block):
+ * X_g = max |x| over the group, q = round-half-even(x * 127 / X_g) in [-127, 127]. The 64 codes
+ * of a group are stored as 32 for the even columns 2j then 32 for the odd columns 2j + 1: a
+ * 32-byte load of packed NF4 codes gives the even columns in its high nibbles and the odd ones in
+ * its low nibbles (bnb packing), so after vpshufb no interleave is needed. The weight codes map to
+ * L[c] = round(NF4Q_S * code[c]) (nf4_i8_lut), so one group of one row contributes the exact
+ * int32 sum_j L * q (|sum| < 2^24, so its conversion to fp32 is exact too), times
+ * fac = absmax_b * X_g / (127 NF4Q_S) in fp32: one FMA per group and row. The factors of up to
+ * NF4Q_SUB groups of the rows in flight are computed before the groups into a stack table, so a
+ * nested absmax is rebuilt once per block (sw_nf4_absmax_range) outside the inner loop.
+ */
+#define NF4Q_XQ_BYTES 65536 /* int8 activations (all rows of x) quantized at a time */
+#define NF4Q_SUB 256        /* 64-column groups per refill of the per-group factors */
+#define NF4Q_MAX_M 4        /* rows of x the int8 GEMV handles; more use the exact tile path */
+
+/*
+ * round(NF4Q_S * sw_nf4_code[c]), c = 0..15: 0.59% rms of the code on randn blocks, about the
+ * same as the 0.59% that the int8 x adds. (Scale 124 rounds the codes to 0.47% rms, but its errors
+ * all lean the same way and the end result on randn GEMVs was worse: rel-L2 0.0098 vs 0.0079.)
+ */
+#define NF4Q_S 127
+static const int8_t nf4_i8_lut[16] = { -127, -88, -67, -50, -36, -23, -12, 0,
+                                       10,   20,  31,  43,  56,  71,  92,  127 };
+
+struct nf4q_ctx {
     float *y;
-    const float *xp; /* (kl) permuted x chunk */
+    const int8_t *xq; /* (M, kl) quantized x chunk, each 64-column group as 32 even + 32 odd */
+    const float *fx;  /* (M, kl / 64) X_g / (127 NF4Q_S) */
     const sw_tensor_t *w;
     const float *bias;
-    size_t N, K, kc, kl;
+    size_t N, K, kc, kl; /* this call handles columns [kc, kc + kl) */
+    int M;
 };
 
 #if SW_X86
-/* One group of 64 weights of one row: vb += decode(codes at p) . xp (permuted), 8 at a time. */
-#define NF4_STEP(t, s)                                                                          \
-    do {                                                                                        \
-        __m256 xt = _mm256_loadu_ps(xg + 8 * (t));                                              \
-        for (int r = 0; r < NB; r++) {                                                          \
-            __m256i ix = (s) ? _mm256_srli_epi32(d[r], (s)) : d[r];                             \
-            __m256i sg = (s) != 28 ? _mm256_slli_epi32(d[r], 28 - (s)) : d[r];                  \
-            __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, ix),                      \
-                                        _mm256_permutevar8x32_ps(thi, ix), _mm256_castsi256_ps(sg)); \
-            vb[r] = _mm256_fmadd_ps(v, xt, vb[r]);                                              \
-        }                                                                                       \
-    } while (0)
-
-SW_AVX2 static void nf4_gemv_task(void *ctx, size_t b, size_t e, int tid)
+/*
+ * s[m * R + r] = the chunk's part of x_m . w_{row[r]} (int8 x NF4-level products per group, scaled
+ * per group), for MR rows of x and R rows of W; both are compile-time constants after inlining.
+ */
+SW_AVX2 SW_INLINE void nf4q_dot(const struct nf4q_ctx *c, const size_t *row, float *s, const int R,
+                                const int MR)
 {
-    const struct nf4v_ctx *c = ctx;
     const sw_qstate_t *qs = c->w->qs;
-    const size_t bs = (size_t)qs->blocksize, nb = c->kl / bs, gpb = bs / 64;
-    const __m256 tlo = _mm256_loadu_ps(sw_nf4_code), thi = _mm256_loadu_ps(sw_nf4_code + 8);
-    float am[NB][XP_MAX / 64];
+    const size_t bs = (size_t)qs->blocksize, ng = c->kl / 64, K = c->K;
+    const __m256i lut = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128((const __m128i *)(const void *)nf4_i8_lut));
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    float fac[NF4Q_MAX_M][NB][NF4Q_SUB] __attribute__((aligned(32)));
+    float am[NF4Q_SUB];
+    const uint8_t *p[NB];
+    __m256 acc[NF4Q_MAX_M][NB];
 
-    for (size_t blk = b; blk < e; blk++) {
-        size_t n0 = blk * NB, nr = min_sz(NB, c->N - n0);
-        const uint8_t *p[NB];
-        __m256 acc[NB];
-        float s[NB];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        p[r] = (const uint8_t *)c->w->data + (row[r] * K + c->kc) / 2;
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; m++)
+            acc[m][r] = _mm256_setzero_ps();
+    }
+    for (size_t g0 = 0; g0 < ng; g0 += NF4Q_SUB) {
+        size_t gn = min_sz(NF4Q_SUB, ng - g0), gpb = bs / 64;
 
-        for (size_t r = 0; r < NB; r++) {
-            size_t row = n0 + (r < nr ? r : 0), i0 = row * c->K + c->kc;
+        /* factors of groups [g0, g0 + gn): block starts are multiples of bs (kc, K are) */
+        for (int r = 0; r < R; r++) {
+            size_t i0 = row[r] * K + c->kc + g0 * 64;
 
-            sw_nf4_absmax_range(qs, (int64_t)(i0 / bs), (int64_t)nb, am[r]);
-            p[r] = (const uint8_t *)c->w->data + i0 / 2;
-            acc[r] = _mm256_setzero_ps();
-        }
-        for (size_t jb = 0; jb < nb; jb++) {
-            __m256 vb[NB] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                              _mm256_setzero_ps() };
+            sw_nf4_absmax_range(qs, (int64_t)(i0 / bs), (int64_t)(gn / gpb), am);
+            for (int m = 0; m < MR; m++) {
+                const float *fx = c->fx + (size_t)m * ng + g0;
 
-            for (size_t g = jb * gpb; g < (jb + 1) * gpb; g++) {
-                const float *xg = c->xp + g * 64;
-                __m256i d[NB];
-
-                for (int r = 0; r < NB; r++)
-                    d[r] = _mm256_loadu_si256((const __m256i *)(const void *)(p[r] + g * 32));
-                NF4_STEP(0, 4);
-                NF4_STEP(1, 0);
-                NF4_STEP(2, 12);
-                NF4_STEP(3, 8);
-                NF4_STEP(4, 20);
-                NF4_STEP(5, 16);
-                NF4_STEP(6, 28);
-                NF4_STEP(7, 24);
+                if (gpb == 1)
+                    for (size_t j = 0; j < gn; j++)
+                        fac[m][r][j] = am[j] * fx[j];
+                else
+                    for (size_t j = 0; j < gn; j++)
+                        fac[m][r][j] = am[j / gpb] * fx[j];
             }
-            for (int r = 0; r < NB; r++)
-                acc[r] = _mm256_fmadd_ps(vb[r], _mm256_set1_ps(am[r][jb]), acc[r]);
         }
-        _mm_storeu_ps(s, hsum4(acc[0], acc[1], acc[2], acc[3]));
-        for (size_t r = 0; r < nr; r++) {
-            if (c->kc == 0)
-                c->y[n0 + r] = s[r] + (c->bias ? c->bias[n0 + r] : 0.0f);
-            else
-                c->y[n0 + r] += s[r];
+        for (size_t j = 0; j < gn; j++) {
+            size_t g = g0 + j;
+            __m256i wh[NB], wl[NB];
+
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(p[r] + g * 32));
+                wh[r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                wl[r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+            }
+#pragma GCC unroll 4
+            for (int m = 0; m < MR; m++) {
+                const int8_t *xg = c->xq + (size_t)m * c->kl + g * 64;
+                __m256i xe = _mm256_load_si256((const __m256i *)(const void *)xg);
+                __m256i xo = _mm256_load_si256((const __m256i *)(const void *)(xg + 32));
+                __m256i ae = _mm256_abs_epi8(xe), ao = _mm256_abs_epi8(xo);
+
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    /* |x| * (w signed like x) = x * w; pairs stay below 2^15 (127 * 127 * 2) */
+                    __m256i pe = _mm256_maddubs_epi16(ae, _mm256_sign_epi8(wh[r], xe));
+                    __m256i po = _mm256_maddubs_epi16(ao, _mm256_sign_epi8(wl[r], xo));
+                    __m256i d = _mm256_add_epi32(_mm256_madd_epi16(pe, ones),
+                                                 _mm256_madd_epi16(po, ones));
+                    acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
+                                                _mm256_broadcast_ss(&fac[m][r][j]), acc[m][r]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++) {
+        if (R == NB) {
+            _mm_storeu_ps(s + m * R, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+        } else {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                s[m * R + r] = hsum1(acc[m][r]);
         }
     }
 }
-#undef NF4_STEP
+
+/* Stores (first chunk: with bias) or adds s[m * R + r] into y for the valid rows n0 + r0 + r. */
+static void nf4q_store(const struct nf4q_ctx *c, const float *s, size_t n0, size_t r0, int R,
+                       size_t nr)
+{
+    for (int m = 0; m < c->M; m++)
+        for (int r = 0; r < R && r0 + (size_t)r < nr; r++) {
+            size_t n = n0 + r0 + (size_t)r;
+            float *yv = c->y + (size_t)m * c->N + n;
+
+            if (c->kc == 0)
+                *yv = s[m * R + r] + (c->bias ? c->bias[n] : 0.0f);
+            else
+                *yv += s[m * R + r];
+        }
+}
+
+/* Pool task: blocks [b, e) of NB rows of W; M == 1 does all NB rows per pass, M > 1 two. */
+SW_AVX2 static void nf4q_task(void *ctx, size_t b, size_t e, int tid)
+{
+    const struct nf4q_ctx *c = ctx;
+    float s[NF4Q_MAX_M * NB];
+
+    for (size_t blk = b; blk < e; blk++) {
+        size_t n0 = blk * NB, nr = min_sz(NB, c->N - n0), row[NB];
+
+        for (size_t r = 0; r < NB; r++) /* missing rows repeat row 0 (cached, results unused) */
+            row[r] = n0 + (r < nr ? r : 0);
+        if (c->M == 1) {
+            nf4q_dot(c, row, s, NB, 1);
+            nf4q_store(c, s, n0, 0, NB, nr);
+            continue;
+        }
+        for (size_t r0 = 0; r0 < nr; r0 += 2) {
+            const size_t *rw = row + r0;
+
+            switch (c->M) {
+            case 2:
+                nf4q_dot(c, rw, s, 2, 2);
+                break;
+            case 3:
+                nf4q_dot(c, rw, s, 2, 3);
+                break;
+            default:
+                nf4q_dot(c, rw, s, 2, 4);
+                break;
+            }
+            nf4q_store(c, s, n0, r0, 2, nr);
+        }
+    }
+}
+
+/* 1 if all n floats at x are finite. */
+SW_AVX2 static int all_finite_avx2(const float *x, size_t n)
+{
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 big = _mm256_set1_ps(3.4028234663852886e38f);
+    __m256 bad = _mm256_setzero_ps();
+    size_t i = 0;
+    int ok = 1;
+
+    for (; i + 8 <= n; i += 8) /* NaN and inf compare "not <= FLT_MAX" */
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), absm), big,
+                                              _CMP_NLE_UQ));
+    for (; i < n; i++)
+        ok &= fabsf(x[i]) <= 3.4028234663852886e38f;
+    return ok && !_mm256_movemask_ps(bad);
+}
+
+/*
+ * Quantizes columns [kc, kc + kl) (kl a multiple of 64) of the M rows of x (row stride K, finite)
+ * into xq (M, kl) and fx (M, kl / 64) as described above.
+ */
+SW_AVX2 static void nf4q_quantize_x(const float *x, size_t K, int M, size_t kc, size_t kl,
+                                   int8_t *xq, float *fx)
+{
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+
+    for (int m = 0; m < M; m++) {
+        for (size_t g = 0; g < kl / 64; g++) {
+            const float *xg = x + (size_t)m * K + kc + g * 64;
+            int8_t *q = xq + (size_t)m * kl + g * 64;
+            __m256 ev[4], od[4], mx = _mm256_setzero_ps(), inv;
+            __m128 h;
+            float X;
+
+            for (int i = 0; i < 4; i++) { /* columns 16i .. 16i + 15 split into even and odd */
+                __m256 a = _mm256_loadu_ps(xg + 16 * i), b = _mm256_loadu_ps(xg + 16 * i + 8);
+                __m256 aa = _mm256_and_ps(a, absm), ab = _mm256_and_ps(b, absm);
+
+                mx = _mm256_max_ps(mx, _mm256_max_ps(aa, ab));
+                ev[i] = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                    _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+                od[i] = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                    _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+            }
+            h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            X = _mm_cvtss_f32(h);
+            fx[(size_t)m * (kl / 64) + g] = X / (127.0f * NF4Q_S);
+            inv = _mm256_set1_ps(X > 0.0f ? 127.0f / X : 0.0f);
+            for (int half = 0; half < 2; half++) {
+                const __m256 *v = half ? od : ev;
+                __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
+                __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
+                __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
+                __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+                __m256i b8 = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1),
+                                                _mm256_packs_epi32(i2, i3));
+
+                _mm256_store_si256((__m256i *)(void *)(q + 32 * half),
+                                   _mm256_permutevar8x32_epi32(b8, perm));
+            }
+        }
+    }
+}
+
+/*
+ * The int8 GEMV for M <= NF4Q_MAX_M rows of x; needs K % blocksize == 0 and 64 | blocksize.
+ * Returns 0, or -1 (nothing written) when x holds a NaN or an infinity: the exact path then
+ * propagates them as the reference does.
+ */
+SW_AVX2 static int nf4q_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias,
+                               int M)
+{
+    size_t N = (size_t)w->shape[0], K = (size_t)w->shape[1], bs = (size_t)w->qs->blocksize;
+    size_t kmax = NF4Q_XQ_BYTES / (size_t)M / bs * bs; /* >= bs: bs <= 4096, M <= 4 */
+    int8_t xq[NF4Q_XQ_BYTES] __attribute__((aligned(32)));
+    float fx[NF4Q_XQ_BYTES / 64];
+
+    if (!all_finite_avx2(x, (size_t)M * K))
+        return -1;
+    for (size_t kc = 0; kc < K; kc += kmax) {
+        struct nf4q_ctx c = { .y = y, .xq = xq, .fx = fx, .w = w, .bias = bias, .N = N, .K = K,
+                              .kc = kc, .kl = min_sz(kmax, K - kc), .M = M };
+
+        nf4q_quantize_x(x, K, M, kc, c.kl, xq, fx);
+        par_for((N + NB - 1) / NB, 1, N * c.kl * (size_t)M, nf4q_task, &c);
+    }
+    return 0;
+}
 #endif
 
 static void nf4_matmul(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M,
@@ -698,21 +892,8 @@ static void nf4_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
     size_t blocks = (N + NB - 1) / NB;
 
 #if SW_X86
-    if (avx2 && M == 1 && bs % 64 == 0 && K % bs == 0) {
-        float xp[XP_MAX] __attribute__((aligned(32)));
-
-        for (size_t kc = 0; kc < K; kc += XP_MAX) {
-            struct nf4v_ctx c = { .y = y, .xp = xp, .w = w, .bias = bias, .N = N, .K = K,
-                                  .kc = kc, .kl = min_sz(XP_MAX, K - kc) };
-
-            for (size_t g = 0; g < c.kl; g += 64)
-                for (size_t t = 0; t < 8; t++)
-                    for (size_t j = 0; j < 8; j++)
-                        xp[g + t * 8 + j] = x[kc + g + 8 * j + t];
-            par_for(blocks, 1, N * c.kl, nf4_gemv_task, &c);
-        }
+    if (avx2 && M <= NF4Q_MAX_M && bs % 64 == 0 && K % bs == 0 && nf4q_matmul(y, x, w, bias, M) == 0)
         return;
-    }
 #endif
     struct mm_ctx c = { .y = y, .x = x, .w = w->data, .bias = bias, .N = N, .K = K, .M = M,
                         .dt = SW_DTYPE_NF4, .avx2 = avx2, .wt = w, .rs = 0 };
