@@ -211,11 +211,16 @@ void sw_codec_ctx_free(sw_codec_ctx_t *ctx)
     sw_free(ctx);
 }
 
-/* Makes ctx->scratch hold at least n bytes; the old contents are not kept. */
+/*
+ * Makes ctx->scratch hold at least n bytes (never NULL afterwards, even for n = 0, so that
+ * pointer arithmetic on it stays defined); the old contents are not kept.
+ */
 static int scratch_reserve(sw_codec_ctx_t *ctx, size_t n)
 {
-    if (n <= ctx->scratch_cap)
+    if (ctx->scratch && n <= ctx->scratch_cap)
         return 0;
+    if (n < 64)
+        n = 64;
     sw_free(ctx->scratch);
     ctx->scratch_cap = 0;
     ctx->scratch = sw_alloc_aligned(64, n);

@@ -13,9 +13,9 @@
  *    never reorders the stream (it is TCP);
  *  - deliverable bytes then leave through a token bucket of R Mbit/s (burst: 5 ms worth, at least
  *    16 KiB), like serialization onto a slow link;
- *  - at most Q KiB (default 1024) wait per direction: past that, the proxy stops reading that side
- *    until the queue drains below half, so a fast sender meets TCP backpressure instead of growing
- *    the proxy's memory;
+ *  - at most Q KiB (default 1024) wait per direction (plus one 64 KiB read, and at most 4096
+ *    chunks): past that, the proxy stops reading that side until the queue drains below half, so
+ *    a fast sender meets TCP backpressure instead of growing the proxy's memory;
  *  - --cut-after-bytes N: once N bytes in total (both directions) have been delivered, both sides
  *    are reset (RST) at once, queued bytes dropped; --cut-after-ms T: the same T ms after accept.
  *  - EOF from a side is forwarded (as a shutdown) after the bytes before it.
