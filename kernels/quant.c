@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -145,25 +146,92 @@ uint8_t sw_q8_quantize_one(const float *code, float x)
     }
 }
 
-void sw_q8_quantize(const float *x, size_t n, int blocksize, uint8_t *q, float *absmax)
+/*
+ * Blockwise-8 quantization, byte-identical to bnb's binary descent over the map
+ * (sw_q8_quantize_one, ties included) but ~10x faster than running the descent per element: the descent is a monotone step function of the scaled
+ * value v = x * (1/absmax), so it is fully described by the 255 thresholds T[c] = the smallest
+ * float whose code exceeds c. A table indexed by the top 16 bits of v (sign, exponent, 7 mantissa
+ * bits) gives the code of the bucket's lowest value; at most a couple of thresholds fall inside one
+ * bucket, so a short walk finishes the job. Both tables are derived once from
+ * sw_q8_quantize_one itself (so they follow the map exactly); test-bnb compares the codes with an
+ * independent torch replay of bnb (ties included), and the derivation was checked against the
+ * descent on every float in [-2, 2].
+ */
+static float q8_thresh[256];   /* q8_thresh[c]: smallest v with code(v) > c; [255] = NaN */
+static uint8_t q8_bucket[65536];
+static pthread_once_t q8_once = PTHREAD_ONCE_INIT;
+
+/* Monotone integer key of a float's value (-0.0 just below +0.0) and back. */
+static uint32_t f2key(float f)
 {
-    for (size_t b0 = 0, blk = 0; b0 < n; b0 += (size_t)blocksize, blk++) {
-        size_t end = b0 + (size_t)blocksize < n ? b0 + (size_t)blocksize : n;
+    uint32_t u = sw_f32_bits(f);
+
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static float key2f(uint32_t k)
+{
+    return sw_bits_f32((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+static void q8_tables_init(void)
+{
+    const uint32_t klo = f2key(-2.0f), khi = f2key(2.0f);
+
+    for (int c = 0; c < 255; c++) {
+        uint32_t lo = klo, hi = khi; /* code(key2f(hi)) > c holds: code(2) = 255 */
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (sw_q8_quantize_one(sw_q8_dynamic_map, key2f(mid)) > c)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        q8_thresh[c] = key2f(lo);
+    }
+    q8_thresh[255] = NAN; /* v >= NaN is false for every v, +inf included: the walk stops */
+    for (uint32_t b = 0; b < 65536; b++) {
+        /* the lowest value in the bucket: for negatives the largest magnitude */
+        uint32_t u = b << 16 | ((b & 0x8000u) ? 0xffffu : 0);
+        q8_bucket[b] = sw_q8_quantize_one(sw_q8_dynamic_map, sw_bits_f32(u));
+    }
+}
+
+static inline uint8_t q8_code(float v)
+{
+    unsigned c = q8_bucket[sw_f32_bits(v) >> 16];
+
+    /* false for NaN v: the NaN buckets hold code 0, as the descent gives. +inf (a subnormal
+     * absmax makes 1/absmax overflow) lands on 255 and stops there. */
+    while (v >= q8_thresh[c])
+        c++;
+    return (uint8_t)c;
+}
+
+void sw_q8_quantize(const float *x, size_t n, int bs, uint8_t *q, float *absmax)
+{
+    pthread_once(&q8_once, q8_tables_init);
+    for (size_t b0 = 0, blk = 0; b0 < n; b0 += (size_t)bs, blk++) {
+        size_t end = b0 + (size_t)bs < n ? b0 + (size_t)bs : n;
         float amax = 0.0f, inv;
 
         for (size_t i = b0; i < end; i++)
             amax = fmaxf(amax, fabsf(x[i]));
         absmax[blk] = amax;
-        inv = 1.0f / amax; /* inf for an all-zero block: 0 * inf = NaN -> code 0, as bnb */
+        inv = 1.0f / amax; /* all-zero block: inf, 0 * inf = NaN -> code 0, as bnb */
         for (size_t i = b0; i < end; i++)
-            q[i] = sw_q8_quantize_one(sw_q8_dynamic_map, x[i] * inv);
+            q[i] = q8_code(x[i] * inv);
     }
 }
 
-void sw_q8_dequantize(const uint8_t *q, const float *absmax, size_t n, int blocksize, float *x)
+void sw_q8_dequantize(const uint8_t *q, const float *absmax, size_t n, int bs, float *x)
 {
-    for (size_t i = 0; i < n; i++)
-        x[i] = sw_q8_dynamic_map[q[i]] * absmax[i / (size_t)blocksize];
+    for (size_t b0 = 0, blk = 0; b0 < n; b0 += (size_t)bs, blk++) {
+        size_t m = n - b0 < (size_t)bs ? n - b0 : (size_t)bs;
+        float a = absmax[blk];
+        for (size_t i = 0; i < m; i++)
+            x[b0 + i] = sw_q8_dynamic_map[q[b0 + i]] * a;
+    }
 }
 
 /* ---- NF4 ---- */
