@@ -16,7 +16,8 @@
  * 4. matmul M = 8 and 32 (small-batch prefill): GFLOP/s = 2*M*N*K / time.
  *
  * Every figure is the best of several runs (median in brackets). Usage: bench-gemv [-q] (quick:
- * fewer repetitions) [--quant] (memory baseline and quantized GEMV only). Not a test: the numbers depend on the machine and its neighbours.
+ * fewer repetitions) [--quant] (memory baseline and quantized GEMV only) [--qm M] (rows of x in
+ * the quantized section, 1..32, default 1: NF4 runs its int8-activation GEMV up to M = 4). Not a test: the numbers depend on the machine and its neighbours.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -193,13 +194,13 @@ static void qcopy_free(struct qcopy *q)
         sw_free(q->mem[i]);
 }
 
-static void bench_quant_gemv(const float *x, float *y, double membw, double roof)
+static void bench_quant_gemv(const float *x, float *y, double membw, double roof, int qm)
 {
     static const struct { int64_t N, K; } qshapes[] = { { 4096, 4096 }, { 4096, 11008 }, { 8192, 28672 } };
     static const char *names[3] = { "nf4", "nf4+dq", "int8" };
     static struct qcopy qc[64];
 
-    printf("\nquantized GEMV, M = 1 (bytes = codes + all scales; >= 2 GiB of copies)\n");
+    printf("\nquantized GEMV, M = %d (bytes = codes + all scales; >= 2 GiB of copies)\n", qm);
     printf("  %-7s %-14s %8s %6s %18s %12s %8s %8s\n", "format", "N x K", "MiB", "bits/w",
            "time ms [median]", "weight GB/s", "%memcpy", "%read");
     for (size_t s = 0; s < sizeof(qshapes) / sizeof(qshapes[0]); s++) {
@@ -215,10 +216,10 @@ static void bench_quant_gemv(const float *x, float *y, double membw, double roof
             calls = copies < reps ? reps : copies;
             calls = calls > MAXREP ? MAXREP : calls;
             for (int c = 0; c < copies; c++)
-                sw_ops_cpu.matmul(y, x, &qc[c].t, NULL, 1);
+                sw_ops_cpu.matmul(y, x, &qc[c].t, NULL, qm);
             for (int r = 0; r < calls; r++) {
                 double t0 = now();
-                sw_ops_cpu.matmul(y, x, &qc[ci].t, NULL, 1);
+                sw_ops_cpu.matmul(y, x, &qc[ci].t, NULL, qm);
                 t[n++] = now() - t0;
                 ci = (ci + 1) % copies;
             }
@@ -236,7 +237,7 @@ static void bench_quant_gemv(const float *x, float *y, double membw, double roof
 
 int main(int argc, char **argv)
 {
-    int quant_only = 0;
+    int quant_only = 0, qm = 1;
 
     static const struct { int64_t N, K; int all_dtypes; } shapes[] = {
         { 4096, 4096, 1 }, { 4096, 11008, 1 }, { 11008, 4096, 1 }, { 8192, 28672, 0 },
@@ -250,6 +251,12 @@ int main(int argc, char **argv)
             reps = 3;
         else if (strcmp(argv[a], "--quant") == 0)
             quant_only = 1;
+        else if (strcmp(argv[a], "--qm") == 0 && a + 1 < argc)
+            qm = atoi(argv[++a]);
+    }
+    if (qm < 1 || qm > 32) {
+        fprintf(stderr, "bench-gemv: --qm takes 1..32\n");
+        return 2;
     }
     printf("bench-gemv: sw_ops_cpu simd %s, %d pool threads\n\n", sw_cpu_simd_name(),
            sw_pool_threads(sw_pool_global()));
@@ -260,7 +267,7 @@ int main(int argc, char **argv)
         x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
 
     if (quant_only) {
-        bench_quant_gemv(x, y, membw, roof);
+        bench_quant_gemv(x, y, membw, roof, qm);
         goto out;
     }
     printf("GEMV, M = 1 (weights streamed from DRAM: each call reads the next of >= 2 GiB of copies)\n");
@@ -294,7 +301,7 @@ int main(int argc, char **argv)
         }
     }
 
-    bench_quant_gemv(x, y, membw, roof);
+    bench_quant_gemv(x, y, membw, roof, qm);
 
     printf("\nmatmul, M = 8 and 32 (GFLOP/s = 2*M*N*K / time)\n");
     printf("  %-6s %-14s %4s %18s %10s\n", "dtype", "N x K", "M", "time ms [median]", "GFLOP/s");
