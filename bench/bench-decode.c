@@ -28,6 +28,7 @@
 #define NKV 4
 #define HD 64
 #define V 32000
+#define HDR_MAX (1 << 20)
 
 static unsigned long long rng = 0x9e3779b97f4a7c15ull;
 
@@ -49,7 +50,7 @@ static int write_checkpoint(const char *dir, int layers, sw_dtype_t dt)
     static const char *dtn[] = { "F32", "F16", "BF16" };
     size_t es = sw_dtype_size(dt), nspec = 0, cap = (size_t)layers * 9 + 3;
     spec_t *s = calloc(cap, sizeof(*s));
-    char path[1024], *hdr = malloc(1 << 20);
+    char path[1024], *hdr = malloc(HDR_MAX);
     size_t hl = 0, off = 0;
     FILE *f;
 
@@ -71,18 +72,18 @@ static int write_checkpoint(const char *dir, int layers, sw_dtype_t dt)
     snprintf(s[nspec].name, 96, "model.norm.weight"); s[nspec].rows = H; s[nspec++].cols = 0;
     snprintf(s[nspec].name, 96, "lm_head.weight"); s[nspec].rows = V; s[nspec++].cols = H;
 
-    hl += (size_t)sprintf(hdr + hl, "{");
+    hl += (size_t)snprintf(hdr + hl, HDR_MAX - hl, "{");
     for (size_t i = 0; i < nspec; i++) {
         size_t n = (size_t)s[i].rows * (size_t)(s[i].cols ? s[i].cols : 1) * es;
         if (s[i].cols)
-            hl += (size_t)sprintf(hdr + hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}",
+            hl += (size_t)snprintf(hdr + hl, HDR_MAX - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}",
                                   i ? "," : "", s[i].name, dtn[dt], s[i].rows, s[i].cols, off, off + n);
         else
-            hl += (size_t)sprintf(hdr + hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld],\"data_offsets\":[%zu,%zu]}",
+            hl += (size_t)snprintf(hdr + hl, HDR_MAX - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld],\"data_offsets\":[%zu,%zu]}",
                                   i ? "," : "", s[i].name, dtn[dt], s[i].rows, off, off + n);
         off += n;
     }
-    hl += (size_t)sprintf(hdr + hl, "}");
+    hl += (size_t)snprintf(hdr + hl, HDR_MAX - hl, "}");
     while ((hl + 8) % 64)
         hdr[hl++] = ' ';
 
