@@ -4,7 +4,10 @@
  * a real checkpoint and loaded through the normal path. Prints tokens/s and the weight bytes read
  * per second, next to this machine's memcpy bandwidth measured in the same run.
  *
- *   bench-decode [--steps N] [--layers L] [--dtype bf16|f16|f32] [--dir DIR]
+ *   bench-decode [--steps N] [--layers L] [--dtype bf16|f16|f32] [--quant nf4|int8] [--dir DIR]
+ *
+ * With --quant the blocks are quantized on load (embeddings and LM head stay 16-bit), and the
+ * bytes per token are those of the quantized blocks (codes and scales) plus the LM head.
  *
  * The checkpoint goes to DIR (default /dev/shm, else /tmp) and is deleted at the end.
  */
@@ -127,6 +130,7 @@ int main(int argc, char **argv)
 {
     int steps = 16, layers = 22, r;
     sw_dtype_t dt = SW_DTYPE_BF16;
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
     char dir[512];
     sw_local_t *l;
@@ -136,13 +140,18 @@ int main(int argc, char **argv)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--layers") && i + 1 < argc)
             layers = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+        else if (!strcmp(argv[i], "--quant") && i + 1 < argc) {
+            if (sw_quant_parse(argv[++i], &lo.quant) < 0) {
+                fprintf(stderr, "%s\n", sw_err_detail());
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
             base = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             i++;
             dt = !strcmp(argv[i], "f32") ? SW_DTYPE_F32 : !strcmp(argv[i], "f16") ? SW_DTYPE_F16 : SW_DTYPE_BF16;
         } else {
-            fprintf(stderr, "usage: bench-decode [--steps N] [--layers L] [--dtype bf16|f16|f32] [--dir DIR]\n");
+            fprintf(stderr, "usage: bench-decode [--steps N] [--layers L] [--dtype bf16|f16|f32] [--quant nf4|int8] [--dir DIR]\n");
             return 2;
         }
     }
@@ -159,7 +168,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot write the checkpoint: %s\n", sw_strerror(r));
         return 1;
     }
-    r = sw_local_open(dir, 1, steps + 8, NULL, &l);
+    r = sw_local_open(dir, 1, steps + 8, &lo, &l);
     if (r < 0) {
         fprintf(stderr, "cannot load: %s\n", sw_err_detail());
         return 1;
@@ -185,11 +194,10 @@ int main(int argc, char **argv)
         if (dtm < best)
             best = dtm;
     }
-    /* weights read per token: every block matrix + norms, the final norm and the LM head */
-    double bytes = (double)layers * (double)((size_t)(2 * NH * HD + 2 * NKV * HD) * H + 3 * (size_t)H * I) * sw_dtype_size(dt)
-                 + (double)V * H * sw_dtype_size(dt);
+    /* weights read per token: every block as loaded (codes + scales, norms), final norm, LM head */
+    double bytes = (double)sw_local_bytes_per_token(l);
     double mean = total / steps;
-    printf("threads %d, weights %.2f GB per token (%s)\n", sw_pool_threads(sw_pool_global()), bytes / 1e9, sw_dtype_name(dt));
+    printf("threads %d, weights %.2f GB per token (stored %s, blocks %s)\n", sw_pool_threads(sw_pool_global()), bytes / 1e9, sw_dtype_name(dt), lo.quant == SW_QUANT_AUTO ? "as stored" : sw_quant_name(lo.quant));
     printf("decode mean          %6.2f tok/s  %6.2f GB/s weights  = %3.0f%% of memcpy, %3.0f%% of read-only\n",
            1.0 / mean, bytes / mean / 1e9, 100.0 * bytes / mean / 1e9 / memcpy_gbs, 100.0 * bytes / mean / 1e9 / read_gbs);
     printf("decode best          %6.2f tok/s  %6.2f GB/s weights  = %3.0f%% of memcpy, %3.0f%% of read-only\n",

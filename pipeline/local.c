@@ -73,6 +73,16 @@ sw_kv_t *sw_local_kv(sw_local_t *l)
     return l->kv;
 }
 
+size_t sw_local_bytes_per_token(const sw_local_t *l)
+{
+    const sw_model_config_t *c = sw_model_config(l->model);
+    size_t n = sw_head_lm_bytes(l->head);
+
+    for (int b = 0; b < c->num_layers; b++)
+        n += sw_span_block_bytes(l->span, b);
+    return n;
+}
+
 int sw_local_forward(sw_local_t *l, const sw_ops_t *ops, const int32_t *ids, int T,
                      int all_positions, float *logits)
 {

@@ -21,6 +21,8 @@ int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opt
 void sw_local_close(sw_local_t *l);
 const sw_model_config_t *sw_local_config(const sw_local_t *l);
 sw_kv_t *sw_local_kv(sw_local_t *l);
+/* Weight bytes one decode step reads: every block (as loaded) plus the final norm and LM head. */
+size_t sw_local_bytes_per_token(const sw_local_t *l);
 
 /*
  * Feeds T more tokens of each of the B sequences (ids: (B, T)) and writes logits:

@@ -533,6 +533,11 @@ void sw_head_free(sw_head_t *h)
     sw_free(h);
 }
 
+size_t sw_head_lm_bytes(const sw_head_t *h)
+{
+    return sw_tensor_nbytes(&h->lm_head) + (size_t)h->cfg->hidden_size * sizeof(float);
+}
+
 int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, int M, float *x)
 {
     for (int i = 0; i < M; i++)

@@ -94,6 +94,8 @@ typedef struct sw_head sw_head_t;
 
 int sw_head_load(sw_model_t *m, sw_head_t **out);
 void sw_head_free(sw_head_t *h);
+/* Bytes the final norm and the LM head read per token. */
+size_t sw_head_lm_bytes(const sw_head_t *h);
 /* x (M, H) = embeddings of ids (M); fails with -EINVAL naming the id if one is >= V or < 0. */
 int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, int M, float *x);
 /* logits (M, V) = lm_head(norm(x)); x (M, H) is overwritten with the normed states. */
