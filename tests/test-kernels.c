@@ -31,18 +31,6 @@ static void set_path(int p)
     sw_cpu_force_portable(p);
 }
 
-static float *randv(size_t n, unsigned long long seed, float scale)
-{
-    unsigned long long s = seed * 0x9e3779b97f4a7c15ull + 1;
-    float *v = sw_malloc((n ? n : 1) * sizeof(float));
-
-    if (!v)
-        abort();
-    for (size_t i = 0; i < n; i++)
-        v[i] = sw_test_randn(&s) * scale;
-    return v;
-}
-
 /*
  * A weight tensor (N, K) of dtype dt filled from fp32 randoms; its data starts `off` bytes into
  * the returned allocation (*buf, freed by the caller) to test misaligned weights.
@@ -51,7 +39,7 @@ static void make_weight(sw_tensor_t *w, void **buf, sw_dtype_t dt, int64_t N, in
                         unsigned long long seed, size_t off)
 {
     size_t n = (size_t)(N * K), nb = n * sw_dtype_size(dt);
-    float *f = randv(n, seed, 1.0f);
+    float *f = sw_test_randv(n, seed, 1.0f);
     unsigned char *tmp = sw_malloc(nb + 1);
 
     *buf = sw_malloc(nb + off + 1);
@@ -299,8 +287,8 @@ static void test_cpu_matmul_shapes(void)
         int K = Ks[ki], N = Ns[ni], M = Ms[mi], failed;
         sw_tensor_t w;
         void *buf;
-        float *x = randv((size_t)M * K, ++seed, 1.0f);
-        float *bias = variant ? randv((size_t)N, ++seed, 1.0f) : NULL;
+        float *x = sw_test_randv((size_t)M * K, ++seed, 1.0f);
+        float *bias = variant ? sw_test_randv((size_t)N, ++seed, 1.0f) : NULL;
 
         make_weight(&w, &buf, dtypes[d], N, K, ++seed, variant ? 2 : 0);
         failed = check_matmul("matmul", path, &w, x, bias, M);
@@ -328,8 +316,8 @@ static void test_cpu_matmul_large(void)
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], failed;
         sw_tensor_t w;
         void *buf;
-        float *x = randv((size_t)M * K, ++seed, 0.5f);
-        float *bias = randv((size_t)N, ++seed, 2.0f);
+        float *x = sw_test_randv((size_t)M * K, ++seed, 0.5f);
+        float *bias = sw_test_randv((size_t)N, ++seed, 2.0f);
 
         make_weight(&w, &buf, dtypes[d], N, K, ++seed, (s & 1) ? 2 : 0);
         failed = check_matmul("matmul-large", path, &w, x, (s & 2) ? bias : NULL, M);
@@ -352,7 +340,7 @@ static void test_cpu_rmsnorm(void)
     for (int inplace = 0; inplace < 2; inplace++) {
         int H = Hs[hi], M = Mr[mi];
         size_t n = (size_t)M * H;
-        float *x = randv(n, ++seed, 3.0f), *w = randv((size_t)H, ++seed, 1.0f);
+        float *x = sw_test_randv(n, ++seed, 3.0f), *w = sw_test_randv((size_t)H, ++seed, 1.0f);
         float *y = sw_malloc(n * 4), *r = sw_malloc(n * 4);
         int bad = -1;
 
@@ -390,7 +378,7 @@ static void test_cpu_rope(void)
     for (int nh = 1; nh <= 5; nh += 2) {
         int HD = HDs[hi], half = HD / 2;
         size_t n = (size_t)M * nh * HD;
-        float *x = randv(n, ++seed, 1.0f), *r = sw_malloc(n * 4), inv[128];
+        float *x = sw_test_randv(n, ++seed, 1.0f), *r = sw_malloc(n * 4), inv[128];
         int32_t pos[40];
         unsigned long long s = seed;
         int bad = -1;
@@ -442,8 +430,8 @@ static void test_cpu_attention(void)
         const struct attn_case *c = &cases[ci];
         size_t nq = (size_t)c->B * c->T * c->NH * c->HD;
         size_t nkv = (size_t)c->B * c->NKV * c->max_T * c->HD;
-        float *q = randv(nq, ++seed, 1.0f), *k = randv(nkv, ++seed, 1.0f);
-        float *v = randv(nkv, ++seed, 1.0f);
+        float *q = sw_test_randv(nq, ++seed, 1.0f), *k = sw_test_randv(nkv, ++seed, 1.0f);
+        float *v = sw_test_randv(nkv, ++seed, 1.0f);
         float *o = sw_malloc(nq * 4), *r = sw_malloc(nq * 4), *scratch;
         float scale = 1.0f / sqrtf((float)c->HD);
         int bad = -1;
@@ -491,9 +479,9 @@ static void test_cpu_elementwise(void)
     for (int path = 0; path < 2; path++)
     for (size_t ni = 0; ni < 4; ni++) {
         size_t n = ns[ni];
-        float *g = randv(n, ++seed, 4.0f), *u = randv(n, ++seed, 1.0f);
-        float *o = sw_malloc(n * 4), *r = sw_malloc(n * 4), *y = randv(n, seed, 1.0f);
-        float *ry = randv(n, seed, 1.0f);
+        float *g = sw_test_randv(n, ++seed, 4.0f), *u = sw_test_randv(n, ++seed, 1.0f);
+        float *o = sw_malloc(n * 4), *r = sw_malloc(n * 4), *y = sw_test_randv(n, seed, 1.0f);
+        float *ry = sw_test_randv(n, seed, 1.0f);
         size_t bad = n;
 
         sw_ops_ref.swiglu(r, g, u, n);
@@ -598,8 +586,8 @@ static void test_cpu_no_alloc(void)
 {
     sw_tensor_t w;
     void *buf;
-    float *x = randv(8 * 2048, 1, 1.0f), *y = sw_malloc(8 * 512 * 4), *r = sw_malloc(8 * 512 * 4);
-    float *q = randv(64 * 64, 2, 1.0f), *kv = randv(8 * 128 * 64, 3, 1.0f);
+    float *x = sw_test_randv(8 * 2048, 1, 1.0f), *y = sw_malloc(8 * 512 * 4), *r = sw_malloc(8 * 512 * 4);
+    float *q = sw_test_randv(64 * 64, 2, 1.0f), *kv = sw_test_randv(8 * 128 * 64, 3, 1.0f);
     float *sc = sw_malloc(sw_attention_scratch_floats(128) * 4), *o = sw_malloc(64 * 64 * 4);
     int32_t pos[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
     long live;

@@ -31,18 +31,6 @@
 #include "util/error.h"
 #include "util/pool.h"
 
-static float *randv(size_t n, unsigned long long seed, float scale)
-{
-    unsigned long long s = seed * 0x9e3779b97f4a7c15ull + 1;
-    float *v = sw_malloc((n ? n : 1) * sizeof(float));
-
-    if (!v)
-        abort();
-    for (size_t i = 0; i < n; i++)
-        v[i] = sw_test_randn(&s) * scale;
-    return v;
-}
-
 static sw_tensor_t dense_f32(float *data, int64_t N, int64_t K)
 {
     sw_tensor_t t = { .dtype = SW_DTYPE_F32, .ndim = 2, .shape = { N, K }, .data = data };
@@ -194,7 +182,7 @@ static void errs(const float *a, const float *b, size_t n, double *abs_e, double
 static void test_q8_roundtrip(void)
 {
     size_t n = 1024 * 1024;
-    float *x = randv(n, 11, 1.0f), *y = sw_malloc(n * 4), *am = sw_malloc(n / 64 * 4);
+    float *x = sw_test_randv(n, 11, 1.0f), *y = sw_malloc(n * 4), *am = sw_malloc(n / 64 * 4);
     uint8_t *q = sw_malloc(n);
 
     for (int bs = 64; bs <= 4096; bs *= 2) {
@@ -217,7 +205,7 @@ static void test_q8_roundtrip(void)
 static void test_nf4_roundtrip(void)
 {
     size_t n = 1024 * 1024;
-    float *x = randv(n, 12, 1.0f), *y = sw_malloc(n * 4), *y2 = sw_malloc(n * 4);
+    float *x = sw_test_randv(n, 12, 1.0f), *y = sw_malloc(n * 4), *y2 = sw_malloc(n * 4);
     sw_tensor_t d = dense_f32(x, 1024, 1024), q = { 0 }, qn = { 0 };
     double e, r;
 
@@ -264,7 +252,7 @@ static void test_nf4_roundtrip(void)
 static void test_nf4_odd_and_ragged(void)
 {
     /* N*K odd and K not a multiple of the block: blocks run over the flattened tensor */
-    float *x = randv(7 * 45, 13, 2.0f), *y = sw_malloc(7 * 45 * 4), ref_abs[10];
+    float *x = sw_test_randv(7 * 45, 13, 2.0f), *y = sw_malloc(7 * 45 * 4), ref_abs[10];
     sw_tensor_t d = dense_f32(x, 7, 45), q = { 0 };
     uint8_t packed[158];
 
@@ -287,7 +275,7 @@ static void test_nf4_odd_and_ragged(void)
 static void test_int8_codes(void)
 {
     int64_t N = 33, K = 77;
-    float *x = randv((size_t)(N * K), 14, 3.0f);
+    float *x = sw_test_randv((size_t)(N * K), 14, 3.0f);
     sw_tensor_t d = dense_f32(x, N, K), q = { 0 };
     int off = 0;
 
@@ -339,7 +327,7 @@ static double rel_l2_d(const float *a, const double *b, size_t n)
 static void test_int8_outliers(void)
 {
     int M = 8, K = 256, N = 64;
-    float *w = randv((size_t)N * K, 15, 0.1f), *x = randv((size_t)M * K, 16, 1.0f);
+    float *w = sw_test_randv((size_t)N * K, 15, 0.1f), *x = sw_test_randv((size_t)M * K, 16, 1.0f);
     float *wd = sw_malloc((size_t)N * K * 4), *y = sw_malloc((size_t)M * N * 4);
     double *yd = sw_malloc((size_t)M * N * sizeof(double));
     sw_tensor_t d = dense_f32(w, N, K), q6 = { 0 }, q0 = { 0 };
@@ -506,8 +494,8 @@ static void test_fast_nf4(void)
 
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int N = shapes[s].N, K = shapes[s].K;
-        float *w = randv((size_t)N * K, 20 + s, 0.05f), *x = randv((size_t)17 * K, 40 + s, 1.0f);
-        float *bias = randv((size_t)N, 60 + s, 1.0f);
+        float *w = sw_test_randv((size_t)N * K, 20 + s, 0.05f), *x = sw_test_randv((size_t)17 * K, 40 + s, 1.0f);
+        float *bias = sw_test_randv((size_t)N, 60 + s, 1.0f);
         sw_tensor_t d = dense_f32(w, N, K), q = { 0 }, v;
         void *buf;
 
@@ -569,7 +557,7 @@ static void test_fast_nf4_stats(void)
 
     for (size_t s = 0; s < sizeof(cases) / sizeof(cases[0]); s++) {
         int N = cases[s].N, K = cases[s].K, M = cases[s].M;
-        float *w = randv((size_t)N * K, 300 + s, 0.02f), *x = randv((size_t)M * K, 400 + s, 1.0f);
+        float *w = sw_test_randv((size_t)N * K, 300 + s, 0.02f), *x = sw_test_randv((size_t)M * K, 400 + s, 1.0f);
         float *y32 = sw_malloc((size_t)(M * N) * 4), *yr = sw_malloc((size_t)(M * N) * 4);
         float *yf = sw_malloc((size_t)(M * N) * 4);
         sw_tensor_t d = dense_f32(w, N, K), q = { 0 };
@@ -613,8 +601,8 @@ static void test_fast_int8(void)
 
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int N = shapes[s].N, K = shapes[s].K;
-        float *w = randv((size_t)N * K, 80 + s, 0.05f), *x = randv((size_t)17 * K, 90 + s, 1.5f);
-        float *bias = randv((size_t)N, 70 + s, 1.0f);
+        float *w = sw_test_randv((size_t)N * K, 80 + s, 0.05f), *x = sw_test_randv((size_t)17 * K, 90 + s, 1.5f);
+        float *bias = sw_test_randv((size_t)N, 70 + s, 1.0f);
         sw_tensor_t d = dense_f32(w, N, K), q = { 0 }, v;
         void *buf;
 

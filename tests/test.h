@@ -102,4 +102,17 @@ static inline float sw_test_randn(unsigned long long *s)
     return (float)(acc - 6.0);
 }
 
+/* n approximately normal floats times scale, from a seed; the caller frees with sw_free. */
+static inline float *sw_test_randv(size_t n, unsigned long long seed, float scale)
+{
+    unsigned long long s = seed * 0x9e3779b97f4a7c15ull + 1;
+    float *v = (float *)sw_malloc((n ? n : 1) * sizeof(float));
+
+    if (!v)
+        abort();
+    for (size_t i = 0; i < n; i++)
+        v[i] = sw_test_randn(&s) * scale;
+    return v;
+}
+
 #endif
