@@ -3,12 +3,18 @@
  *   1. round-trip latency of a unary call carrying 16 KiB each way (one decode step of an
  *      8192-wide bf16 hidden state), p50/p99, against a plain unencrypted libuv TCP ping-pong of the
  *      same size and the same two-thread layout;
- *   2. bulk throughput of a stream of 8 MiB payloads, against libsodium's XChaCha20-Poly1305 speed
- *      on this CPU (seal only, and seal + open on one core: the crypto work one byte costs end to end).
- * The server runs on its own libuv loop in a second thread, the client on the main thread.
+ *   2. bulk throughput of a stream of 8 MiB payloads sent by reference (no copy on the send side),
+ *      against the AEAD-only rate: XChaCha20-Poly1305 sealing AND opening the same payload bytes in
+ *      512 KiB chunks in a two-thread pipeline (see aead_pipeline_rate), measured in rounds that
+ *      alternate with the stream so both see the same machine. A one-thread seal-only figure is
+ *      printed for reference only.
+ * The server runs on its own libuv loop in a second thread, the client on the main thread, so the
+ * sender's sealing and the receiver's opening run on two cores.
  * Usage: bench-p2p [round_trips] [bulk_MiB]
  */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,7 +258,8 @@ typedef struct {
 static void bulk_push(bulk_t *b)
 {
     while (b->sent < b->total) {
-        int r = sw_p2p_call_send(b->k, NULL, 0, b->cl->payload, BULK_MSG, 0);
+        /* zero-copy: the payload buffer stays ours and unchanged, the transport seals straight from it */
+        int r = sw_p2p_call_send_ref(b->k, NULL, 0, b->cl->payload, BULK_MSG, NULL, NULL);
         if (r == -EAGAIN)
             return;
         if (r < 0) {
@@ -279,7 +286,8 @@ static void bulk_done(sw_p2p_call_t *k, int status, void *arg)
     b->cl->status = status;
 }
 
-static double aead_rate(int open_too, size_t total)
+/* Seal only, one thread, one 512 KiB buffer reused (cache-hot): a reference figure, not the baseline. */
+static double seal_rate(size_t total)
 {
     uint8_t key[32], nonce[24] = {0};
     size_t chunk = 512u << 10;
@@ -293,9 +301,6 @@ static double aead_rate(int open_too, size_t total)
         for (size_t done = 0; done < total; done += chunk) {
             nonce[0]++;
             crypto_aead_xchacha20poly1305_ietf_encrypt(dst, NULL, src, chunk, NULL, 0, NULL, nonce, key);
-            if (open_too &&
-                crypto_aead_xchacha20poly1305_ietf_decrypt(src, NULL, NULL, dst, chunk + 16, NULL, 0, nonce, key) != 0)
-                exit(1);
         }
         double r = (double)total / (now_s() - t0);
         best = r > best ? r : best;
@@ -303,6 +308,98 @@ static double aead_rate(int open_too, size_t total)
     sw_free(src);
     sw_free(dst);
     return best;
+}
+
+/*
+ * The AEAD-only baseline of the bulk figure: the crypto work the transport does on the same bytes,
+ * with nothing else. One thread seals the 8 MiB payload in CHUNK-byte pieces (XChaCha20-Poly1305-IETF,
+ * a fresh nonce each, as sw_frame_seal does) into a ring of PIPE_SLOTS buffers; a second thread opens
+ * (verifies and decrypts) each piece into its place in an 8 MiB message buffer, as a receiver's loop
+ * does. The rate is payload bytes through both per second: what the transport could reach if framing,
+ * sockets and the event loops cost nothing.
+ */
+#define CHUNK (512u << 10) /* the transport's payload bytes per frame (CHUNK_MAX in p2p/rpc.c) */
+#define PIPE_SLOTS 8       /* 4 MiB in flight, as the transport's write high-water mark */
+
+typedef struct {
+    uint8_t key[32];
+    uint8_t *slot[PIPE_SLOTS];
+    uint8_t *dst;
+    _Atomic uint64_t produced, consumed;
+    uint64_t chunks;
+    int bad;
+} pipe_t;
+
+/* Waits (spinning, then yielding) until *v > at: a hand-off without a futex wake-up, so the baseline
+ * is not slowed by wake-up latency (tens of microseconds between vCPUs here). */
+static void wait_above(_Atomic uint64_t *v, uint64_t at)
+{
+    for (int spins = 0; atomic_load_explicit(v, memory_order_acquire) <= at; spins++)
+        if (spins > 1000)
+            sched_yield();
+}
+
+static void nonce_of(uint64_t i, uint8_t nonce[24])
+{
+    memset(nonce, 0, 24);
+    memcpy(nonce, &i, sizeof(i));
+    nonce[8] = 1;
+}
+
+static void *pipe_opener(void *arg)
+{
+    pipe_t *p = arg;
+    uint8_t nonce[24];
+    const uint64_t per_msg = BULK_MSG / CHUNK;
+
+    for (uint64_t i = 0; i < p->chunks; i++) {
+        wait_above(&p->produced, i);
+        nonce_of(i, nonce);
+        if (crypto_aead_xchacha20poly1305_ietf_decrypt(p->dst + (i % per_msg) * CHUNK, NULL, NULL,
+                                                       p->slot[i % PIPE_SLOTS], CHUNK + 16, NULL, 0, nonce,
+                                                       p->key) != 0)
+            p->bad = 1;
+        atomic_store_explicit(&p->consumed, i + 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* Two-thread seal -> open pipeline over `total` bytes of src (BULK_MSG bytes, walked round). */
+static double aead_pipeline_rate(const uint8_t *src, size_t total)
+{
+    pipe_t p;
+    pthread_t th;
+    uint8_t nonce[24];
+    const uint64_t per_msg = BULK_MSG / CHUNK;
+    double t0, rate;
+
+    memset(&p, 0, sizeof(p));
+    randombytes_buf(p.key, 32);
+    for (int i = 0; i < PIPE_SLOTS; i++)
+        p.slot[i] = sw_malloc(CHUNK + 16);
+    p.dst = sw_malloc(BULK_MSG);
+    memset(p.dst, 0, BULK_MSG);
+    p.chunks = total / CHUNK;
+    t0 = now_s();
+    pthread_create(&th, NULL, pipe_opener, &p);
+    for (uint64_t i = 0; i < p.chunks; i++) {
+        if (i >= PIPE_SLOTS)
+            wait_above(&p.consumed, i - PIPE_SLOTS);
+        nonce_of(i, nonce);
+        crypto_aead_xchacha20poly1305_ietf_encrypt(p.slot[i % PIPE_SLOTS], NULL, src + (i % per_msg) * CHUNK, CHUNK,
+                                                   NULL, 0, NULL, nonce, p.key);
+        atomic_store_explicit(&p.produced, i + 1, memory_order_release);
+    }
+    pthread_join(th, NULL);
+    rate = (double)(p.chunks * CHUNK) / (now_s() - t0);
+    if (p.bad) {
+        fprintf(stderr, "aead pipeline: a chunk failed to open\n");
+        exit(1);
+    }
+    for (int i = 0; i < PIPE_SLOTS; i++)
+        sw_free(p.slot[i]);
+    sw_free(p.dst);
+    return rate;
 }
 
 int main(int argc, char **argv)
@@ -396,22 +493,37 @@ int main(int argc, char **argv)
     report("p2p unary call (sealed, framed)", t, n);
     uv_close((uv_handle_t *)&rc.t, NULL);
 
-    /* 2. bulk */
-    double seal = aead_rate(0, 256u << 20), seal_open = aead_rate(1, 256u << 20);
-    bulk_t b = { &cl, NULL, 0, bulk_mib / 8 };
-    sw_p2p_call_cbs_t cbs = { NULL, NULL, bulk_done, bulk_writable };
-    cl.done = 0;
-    double t0 = now_s();
-    if (sw_p2p_call_start(cl.conn, "drain", 0, &cbs, &b, &b.k) < 0)
-        return 1;
-    bulk_push(&b);
-    run_while(&loop, &cl.done);
-    double rate = (double)b.total * BULK_MSG / (now_s() - t0);
-    printf("bulk, stream of 8 MiB payloads:\n");
-    printf("  XChaCha20-Poly1305 seal only, 1 core   %7.0f MiB/s\n", seal / (1 << 20));
-    printf("  XChaCha20-Poly1305 seal + open, 1 core %7.0f MiB/s\n", seal_open / (1 << 20));
-    printf("  p2p stream (status %d)                 %7.0f MiB/s  = %.0f%% of seal-only, %.0f%% of seal+open\n",
-           cl.status, rate / (1 << 20), 100 * rate / seal, 100 * rate / seal_open);
+    /* 2. bulk: rounds of (AEAD-only pipeline, p2p stream), interleaved so both see the same machine */
+    printf("bulk, stream of 8 MiB payloads (%u KiB frames), sent by reference (sw_p2p_call_send_ref):\n",
+           CHUNK >> 10);
+    printf("  baseline = AEAD-only rate: XChaCha20-Poly1305-IETF seal AND open of the same 8 MiB payload in\n"
+           "  %u KiB chunks, two-thread pipeline (one thread seals, the other opens), no sockets or framing\n",
+           CHUNK >> 10);
+    double best_pipe = 0, best_p2p = 0;
+    for (int round = 0; round < 3; round++) {
+        double pipe = aead_pipeline_rate(cl.payload, (size_t)bulk_mib << 20);
+        bulk_t b = { &cl, NULL, 0, bulk_mib / 8 };
+        sw_p2p_call_cbs_t cbs = { NULL, NULL, bulk_done, bulk_writable };
+        cl.done = 0;
+        double t0 = now_s();
+        if (sw_p2p_call_start(cl.conn, "drain", 0, &cbs, &b, &b.k) < 0)
+            return 1;
+        bulk_push(&b);
+        run_while(&loop, &cl.done);
+        double rate = (double)b.total * BULK_MSG / (now_s() - t0);
+        if (cl.status != 0) {
+            fprintf(stderr, "bulk stream failed: %d\n", cl.status);
+            return 1;
+        }
+        printf("  round %d: AEAD-only pipeline %6.0f MiB/s   p2p stream %6.0f MiB/s   = %3.0f%%\n", round + 1,
+               pipe / (1 << 20), rate / (1 << 20), 100 * rate / pipe);
+        best_pipe = pipe > best_pipe ? pipe : best_pipe;
+        best_p2p = rate > best_p2p ? rate : best_p2p;
+    }
+    double seal = seal_rate(256u << 20);
+    printf("  best of 3: AEAD-only pipeline %6.0f MiB/s, p2p stream %6.0f MiB/s = %.0f%% of the AEAD-only rate"
+           " (target >= 80%%)\n", best_pipe / (1 << 20), best_p2p / (1 << 20), 100 * best_p2p / best_pipe);
+    printf("  for reference: seal only, one thread, 512 KiB buffer reused: %6.0f MiB/s\n", seal / (1 << 20));
 
     /* teardown */
     sw_p2p_node_close(cnode, NULL, NULL);

@@ -28,6 +28,8 @@
 #define WRITE_HIWAT (4u << 20)  /* sealed bytes handed to libuv before we stop producing frames */
 #define BATCH_MIN (64u << 10)   /* small frames are gathered into writes of this size */
 #define CHUNK_MAX (512u << 10)  /* payload bytes per frame */
+#define WBUF_BIG (CHUNK_MAX + (64u << 10)) /* a write buffer that holds a full chunk frame and more */
+#define RX_SMALL (64u << 10)    /* received frames up to this size are not worth a kept buffer */
 #define MAX_LISTENERS 4
 #define ERROR_TEXT_MAX 512
 
@@ -41,7 +43,9 @@ typedef struct tx_item {
     int type;
     uint8_t *body;
     size_t body_len;
-    uint8_t *payload;
+    const uint8_t *payload;
+    sw_p2p_release_fn release; /* hands payload back (NULL: nothing to do) */
+    void *release_arg;
     size_t payload_len, sent;
     int started;
     int status;
@@ -111,10 +115,15 @@ struct sw_p2p_conn {
     uint8_t pre[SW_FRAME_PREFIX];
     uint32_t pre_have, pre_need, body_len, body_have, hdr_len;
     uint8_t *body;
+    uint8_t *rxspare; /* a kept frame buffer for large frames (freed when unused for a keepalive tick) */
+    uint32_t rxspare_cap;
+    int bufs_used;    /* a kept buffer was used since the last keepalive tick */
     uint8_t hsbuf[SW_HS_MAX_MSG];
     uint8_t rxbuf[64 << 10];
     /* writing */
     struct wbuf *batch;
+    struct wbuf *wspare[2]; /* kept WBUF_BIG write buffers, so bulk sending allocates nothing */
+    int nwspare;
     size_t write_bytes;
     uint8_t *hdrbuf;
     ctrl_t *ctrlh, *ctrlt;
@@ -189,7 +198,7 @@ void sw_p2p_limits_default(sw_p2p_limits_t *l)
     l->max_header = 64u << 10;
     l->max_message = 256ull << 20;
     l->max_calls = 1024;
-    l->window = 4u << 20;
+    l->window = 16u << 20; /* two 8 MiB messages in flight: with one, the sender idles at each message's end */
     l->conn_window = 64u << 20;
     l->send_buffer = 8u << 20;
     l->handshake_timeout_ms = 10000;
@@ -325,7 +334,8 @@ static void ctrl_push(sw_p2p_conn_t *c, uint32_t flags, uint64_t call_id, uint64
 static void tx_item_free(tx_item_t *t)
 {
     sw_free(t->body);
-    sw_free(t->payload);
+    if (t->release)
+        t->release((void *)t->payload, t->release_arg);
     sw_free(t->error);
     sw_free(t);
 }
@@ -502,13 +512,31 @@ static void call_deliver(sw_p2p_call_t *k)
 
 /* ======================================================================== writing */
 
+/* Takes back a written buffer: kept for reuse when it is a big one and there is room, else freed. */
+static void wbuf_put(sw_p2p_conn_t *c, wbuf_t *w)
+{
+    if (w->cap == WBUF_BIG && c->nwspare < 2 && c->state != C_CLOSING)
+        c->wspare[c->nwspare++] = w;
+    else
+        sw_free(w);
+}
+
+static void spares_free(sw_p2p_conn_t *c)
+{
+    while (c->nwspare)
+        sw_free(c->wspare[--c->nwspare]);
+    sw_free(c->rxspare);
+    c->rxspare = NULL;
+    c->rxspare_cap = 0;
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     wbuf_t *w = (wbuf_t *)req;
     sw_p2p_conn_t *c = w->conn;
 
     c->write_bytes -= w->len;
-    sw_free(w);
+    wbuf_put(c, w);
     if (status < 0 && status != UV_ECANCELED)
         conn_fail(c, status, "write failed: %s", uv_strerror(status));
     else if (c->state == C_READY)
@@ -529,7 +557,7 @@ static void batch_flush(sw_p2p_conn_t *c)
     r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (r < 0) {
         c->write_bytes -= w->len;
-        sw_free(w);
+        wbuf_put(c, w);
         conn_fail(c, r, "write failed: %s", uv_strerror(r));
     }
 }
@@ -545,7 +573,14 @@ static uint8_t *batch_reserve(sw_p2p_conn_t *c, size_t n)
     }
     if (!w) {
         size_t cap = n > BATCH_MIN ? n : BATCH_MIN;
-        w = sw_malloc(sizeof(*w) + cap);
+        if (cap > BATCH_MIN && cap <= WBUF_BIG)
+            cap = WBUF_BIG;
+        if (cap == WBUF_BIG && c->nwspare) {
+            w = c->wspare[--c->nwspare];
+            c->bufs_used = 1;
+        } else {
+            w = sw_malloc(sizeof(*w) + cap);
+        }
         if (!w)
             return NULL;
         w->conn = c;
@@ -755,7 +790,9 @@ static void conn_handle_closed(uv_handle_t *h)
         c->ctrlh = x->next;
         sw_free(x);
     }
-    sw_free(c->body);
+    if (c->body != c->hsbuf && c->body != c->rxspare)
+        sw_free(c->body);
+    spares_free(c);
     sw_free(c->hdrbuf);
     if (c->batch)
         sw_free(c->batch);
@@ -1246,7 +1283,13 @@ static void frame_done(sw_p2p_conn_t *c)
         process_hs(c);
     } else {
         process_frame(c);
-        sw_free(c->body);
+        if (c->body != c->rxspare && c->body_len > RX_SMALL && c->state != C_CLOSING) {
+            sw_free(c->rxspare); /* keep the larger buffer for the next large frame */
+            c->rxspare = c->body;
+            c->rxspare_cap = c->body_len;
+        } else if (c->body != c->rxspare) {
+            sw_free(c->body);
+        }
     }
     c->body = NULL;
     c->pre_have = 0;
@@ -1273,6 +1316,11 @@ static int prefix_done(sw_p2p_conn_t *c)
     if (sw_frame_check_prefix(c->pre, n->lim.max_frame, n->lim.max_header, &c->body_len, &c->hdr_len) < 0) {
         violation(c, SW_ELIMIT, sw_err_detail());
         return -1;
+    }
+    if (c->rxspare && c->body_len <= c->rxspare_cap && c->body_len > RX_SMALL) {
+        c->body = c->rxspare;
+        c->bufs_used = 1;
+        return 0;
     }
     c->body = sw_malloc(c->body_len);
     if (!c->body) {
@@ -1351,6 +1399,9 @@ static void keepalive_tick(uv_timer_t *t)
         conn_fail(c, -ETIMEDOUT, "nothing received for %u ms", n->lim.idle_timeout_ms);
         return;
     }
+    if (!c->bufs_used) /* no bulk traffic for a tick: give the kept buffers back */
+        spares_free(c);
+    c->bufs_used = 0;
     if (n->lim.keepalive_ms)
         sw_p2p_conn_ping(c);
 }
@@ -1821,8 +1872,15 @@ static void tx_append(sw_p2p_call_t *k, tx_item_t *t)
     ready_add(k);
 }
 
-int sw_p2p_call_send(sw_p2p_call_t *k, const void *body, size_t body_len, void *payload,
-                     size_t payload_len, unsigned flags)
+static void release_sw_free(void *payload, void *arg)
+{
+    (void)arg;
+    sw_free(payload);
+}
+
+/* Queues a message whose payload is handed over with its release function (called exactly once). */
+static int call_queue(sw_p2p_call_t *k, const void *body, size_t body_len, const void *payload,
+                      size_t payload_len, sw_p2p_release_fn release, void *release_arg)
 {
     sw_p2p_conn_t *c = k->conn;
     size_t size = body_len + payload_len;
@@ -1849,6 +1907,11 @@ int sw_p2p_call_send(sw_p2p_call_t *k, const void *body, size_t body_len, void *
         goto err;
     }
     t->type = TX_MSG;
+    t->payload = payload_len ? payload : NULL;
+    t->payload_len = payload_len;
+    t->release = release;
+    t->release_arg = release_arg;
+    release = NULL; /* t owns it now: tx_item_free releases it */
     if (body_len) {
         t->body = sw_malloc(body_len);
         if (!t->body) {
@@ -1858,18 +1921,6 @@ int sw_p2p_call_send(sw_p2p_call_t *k, const void *body, size_t body_len, void *
         memcpy(t->body, body, body_len);
     }
     t->body_len = body_len;
-    if (payload_len && (flags & SW_P2P_SEND_TAKE)) {
-        t->payload = payload;
-        payload = NULL;
-    } else if (payload_len) {
-        t->payload = sw_malloc(payload_len);
-        if (!t->payload) {
-            r = -ENOMEM;
-            goto err;
-        }
-        memcpy(t->payload, payload, payload_len);
-    }
-    t->payload_len = payload_len;
     k->tx_queued += size;
     c->queued_bytes += size;
     tx_append(k, t);
@@ -1877,9 +1928,36 @@ int sw_p2p_call_send(sw_p2p_call_t *k, const void *body, size_t body_len, void *
 err:
     if (t)
         tx_item_free(t);
-    if (flags & SW_P2P_SEND_TAKE)
-        sw_free(payload);
+    if (release)
+        release((void *)payload, release_arg);
     return r;
+}
+
+int sw_p2p_call_send(sw_p2p_call_t *k, const void *body, size_t body_len, void *payload,
+                     size_t payload_len, unsigned flags)
+{
+    uint8_t *copy;
+
+    if ((flags & SW_P2P_SEND_TAKE) || !payload_len)
+        return call_queue(k, body, body_len, payload, payload_len,
+                          (flags & SW_P2P_SEND_TAKE) && payload ? release_sw_free : NULL, NULL);
+    /* refuse before copying what would be refused anyway */
+    if (k->tx_queued && k->tx_queued + body_len + payload_len > k->conn->node->lim.send_buffer &&
+        !k->finished && !k->end_queued && k->conn->state == C_READY) {
+        k->want_writable = 1;
+        return -EAGAIN;
+    }
+    copy = sw_malloc(payload_len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, payload, payload_len);
+    return call_queue(k, body, body_len, copy, payload_len, release_sw_free, NULL);
+}
+
+int sw_p2p_call_send_ref(sw_p2p_call_t *k, const void *body, size_t body_len, const void *payload,
+                         size_t payload_len, sw_p2p_release_fn release, void *release_arg)
+{
+    return call_queue(k, body, body_len, payload, payload_len, release, release_arg);
 }
 
 int sw_p2p_call_end(sw_p2p_call_t *k, int status, const char *error)

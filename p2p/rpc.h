@@ -52,7 +52,7 @@ typedef struct {
 } sw_p2p_limits_t;
 
 /* Defaults: 256 conns, 8 per address, 1 MiB frames, 64 KiB headers, 256 MiB messages, 1024 calls,
- * 4 MiB / 64 MiB windows, 8 MiB send buffer, 10 s handshake, 15 s keepalive, 60 s idle. */
+ * 16 MiB / 64 MiB windows, 8 MiB send buffer, 10 s handshake, 15 s keepalive, 60 s idle. */
 void sw_p2p_limits_default(sw_p2p_limits_t *l);
 
 /* A received message. payload stays valid until the callback returns unless taken. */
@@ -147,6 +147,16 @@ void sw_p2p_call_set_cbs(sw_p2p_call_t *call, const sw_p2p_call_cbs_t *cbs, void
  */
 int sw_p2p_call_send(sw_p2p_call_t *call, const void *body, size_t body_len, void *payload,
                      size_t payload_len, unsigned flags);
+/*
+ * Queues a message without copying its payload: the transport seals straight from payload, which
+ * must stay valid and unchanged until release(payload, release_arg) runs. release (may be NULL) is
+ * called exactly once, on the loop thread: when the last byte has been sealed, when the call or the
+ * connection ends first, or before this function returns an error (-EAGAIN included). Errors as
+ * sw_p2p_call_send.
+ */
+typedef void (*sw_p2p_release_fn)(void *payload, void *arg);
+int sw_p2p_call_send_ref(sw_p2p_call_t *call, const void *body, size_t body_len, const void *payload,
+                         size_t payload_len, sw_p2p_release_fn release, void *release_arg);
 /* Ends this side's half with status (0 or negative) and an optional error text. */
 int sw_p2p_call_end(sw_p2p_call_t *call, int status, const char *error);
 /* Abandons the call: the peer is told, and no callback runs for it any more. */
