@@ -346,13 +346,16 @@ out:
 static void inspect_usage(FILE *f)
 {
     fprintf(f,
-            "Usage: swarmd inspect --model DIR\n"
+            "Usage: swarmd inspect --model DIR [--quant Q]\n"
             "\n"
             "Prints the architecture from config.json, every tensor of the checkpoint with its\n"
-            "dtype and shape, and the bytes each block reads per token.\n"
+            "dtype and shape, and the bytes each block reads per token as loaded and in NF4\n"
+            "and Int8, with bits per parameter.\n"
             "\n"
-            "  --model DIR   Hugging Face checkpoint directory\n"
-            "  -h, --help    this help\n");
+            "  --model DIR          Hugging Face checkpoint directory\n"
+            QUANT_HELP
+            "                       (inspect: the \"as loaded\" column shows the blocks so loaded)\n"
+            "  -h, --help           this help\n");
 }
 
 static void print_shape(const sw_st_tensor_t *t)
@@ -367,6 +370,7 @@ int sw_cmd_inspect(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
+        QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -376,11 +380,17 @@ int sw_cmd_inspect(int argc, char **argv)
     sw_span_t *span = NULL;
     sw_st_dir_t *ck;
     uint64_t params = 0, bytes = 0;
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
     int c, r, rc = 1;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
+        case 'Q':
+        case 'X':
+            if (quant_option("inspect", c, optarg, &lo))
+                return 2;
+            break;
         case 'h': inspect_usage(stdout); return 0;
         default: inspect_usage(stderr); return 2;
         }
@@ -432,7 +442,7 @@ int sw_cmd_inspect(int argc, char **argv)
     }
     printf("\nparameters %llu, %.2f MiB stored\n", (unsigned long long)params,
            (double)bytes / (1 << 20));
-    r = sw_span_load(m, 0, cfg->num_layers, NULL, &span);
+    r = sw_span_load(m, 0, cfg->num_layers, &lo, &span);
     if (r < 0) {
         rc = fail("inspect", "the blocks do not load", r);
         goto out;
@@ -449,7 +459,7 @@ int sw_cmd_inspect(int argc, char **argv)
             lin_int8 += N * K + 4 * N;
         }
         printf("\nweights read per token, per block (MiB), and bits per block-Linear parameter:\n");
-        printf("  %-8s %14s %10s %10s\n", "block", "as stored", "nf4", "int8");
+        printf("  %-8s %14s %10s %10s\n", "block", "as loaded", "nf4", "int8");
         for (int b = 0; b < cfg->num_layers; b++) {
             double stored = (double)sw_span_block_bytes(span, b);
             lin = 0;

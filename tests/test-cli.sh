@@ -59,6 +59,7 @@ expect 0 "generate --help" "$SWARMD" generate --help
 for o in --local --model --prompt-ids --max-new-tokens --max-len; do contains "$tmp/out" "$o" "generate --help has $o"; done
 expect 0 "inspect --help" "$SWARMD" inspect --help
 contains "$tmp/out" "--model" "inspect --help has --model"
+contains "$tmp/out" "--quant" "inspect --help has --quant"
 expect 0 "quantize --help" "$SWARMD" quantize --help
 for o in --model --out --quant --int8-threshold; do contains "$tmp/out" "$o" "quantize --help has $o"; done
 for c in eval generate; do
