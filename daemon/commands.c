@@ -1,5 +1,6 @@
 /*
- * commands.c - model-file and local-run subcommands: eval, generate, inspect.
+ * commands.c - model-file and local-run subcommands (eval, generate, inspect, quantize) and the
+ * identity ones (id, swarm-key).
  * Runs on the main thread; kernels parallelise on the global pool.
  */
 #include "commands.h"
@@ -10,8 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include <sodium.h>
 
 #include "kernels/ops.h"
+#include "p2p/identity.h"
 #include "pipeline/local.h"
 #include "pipeline/model.h"
 #include "util/alloc.h"
@@ -535,5 +540,123 @@ int sw_cmd_quantize(int argc, char **argv)
     if (r < 0)
         return fail("quantize", "cannot quantize", r);
     printf("wrote %s (%s)\n", out, sw_quant_name(lo.quant));
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void id_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd [--identity FILE] [--swarm-key FILE] id\n"
+            "\n"
+            "Prints this node's peer id (base58 of its Ed25519 public key) and its short form, the\n"
+            "identity file, and whether a swarm key is configured. Creates the identity file (mode\n"
+            "0600, parent directories 0700) when it does not exist yet. Never prints key material.\n"
+            "\n"
+            "  -h, --help    this help\n");
+}
+
+int sw_cmd_id(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    char *path = NULL, text[SW_PEER_ID_TEXT_MAX], sid[SW_PEER_ID_SHORT_MAX];
+    sw_identity_t id;
+    uint8_t key[32];
+    struct stat st;
+    int c, r, existed, rc = 1;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': id_usage(stdout); return 0;
+        default: id_usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "swarmd id: unexpected argument '%s'\n\n", argv[optind]);
+        id_usage(stderr);
+        return 2;
+    }
+    if (sodium_init() < 0)
+        return fail("id", "libsodium failed to initialise", SW_EUNSUPPORTED);
+    if (sw_global_opts.identity) {
+        path = sw_strdup(sw_global_opts.identity);
+        if (!path)
+            return fail("id", "out of memory", -ENOMEM);
+    } else if ((r = sw_identity_default_path(&path)) < 0) {
+        return fail("id", "no identity file", r);
+    }
+    existed = lstat(path, &st) == 0;
+    if ((r = sw_identity_load_or_create(path, &id)) < 0) {
+        fail("id", "cannot load the identity", r);
+        goto out;
+    }
+    sw_peer_id_text(&id.id, text);
+    sw_peer_id_short(&id.id, sid);
+    sw_identity_wipe(&id);
+    if (sw_global_opts.swarm_key) {
+        r = sw_swarm_key_load(sw_global_opts.swarm_key, key);
+        sodium_memzero(key, sizeof(key));
+        if (r < 0) {
+            fail("id", "cannot load the swarm key", r);
+            goto out;
+        }
+    }
+    printf("peer id:   %s\n", text);
+    printf("short id:  %s\n", sid);
+    printf("identity:  %s%s\n", path, existed ? "" : " (created)");
+    if (sw_global_opts.swarm_key)
+        printf("swarm key: %s (private swarm)\n", sw_global_opts.swarm_key);
+    else
+        printf("swarm key: none (public swarm)\n");
+    rc = 0;
+out:
+    sw_free(path);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void swarm_key_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd swarm-key generate FILE\n"
+            "\n"
+            "Writes a new random swarm key to FILE (64 hexadecimal characters and a newline, mode\n"
+            "0600). Peers started with '--swarm-key FILE' form a private swarm: a peer without the\n"
+            "same key cannot complete the handshake. Copy the file to each of the swarm's machines\n"
+            "over a safe channel. An existing FILE is never overwritten.\n"
+            "\n"
+            "  -h, --help    this help\n");
+}
+
+int sw_cmd_swarm_key(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c, r;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': swarm_key_usage(stdout); return 0;
+        default: swarm_key_usage(stderr); return 2;
+        }
+    }
+    if (argc - optind != 2 || strcmp(argv[optind], "generate") != 0) {
+        fprintf(stderr, "swarmd swarm-key: expected 'generate FILE'\n\n");
+        swarm_key_usage(stderr);
+        return 2;
+    }
+    if (sodium_init() < 0)
+        return fail("swarm-key", "libsodium failed to initialise", SW_EUNSUPPORTED);
+    if ((r = sw_swarm_key_generate(argv[optind + 1])) < 0)
+        return fail("swarm-key", "cannot write the key", r);
+    printf("swarm key written to %s (mode 0600); start each peer with --swarm-key %s\n", argv[optind + 1],
+           argv[optind + 1]);
     return 0;
 }

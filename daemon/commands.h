@@ -10,11 +10,15 @@ int sw_cmd_eval(int argc, char **argv);
 int sw_cmd_generate(int argc, char **argv);
 int sw_cmd_inspect(int argc, char **argv);
 int sw_cmd_quantize(int argc, char **argv);
+int sw_cmd_id(int argc, char **argv);
+int sw_cmd_swarm_key(int argc, char **argv);
 
 /* Shared by main.c and the commands: options every subcommand accepts. */
 typedef struct {
     int threads;          /* 0 = one per CPU */
     const char *backend;  /* "cpu" or "reference" */
+    const char *identity; /* --identity FILE, NULL: the default under the user's state directory */
+    const char *swarm_key; /* --swarm-key FILE, NULL: none (a public swarm) */
 } sw_global_opts_t;
 
 extern sw_global_opts_t sw_global_opts;

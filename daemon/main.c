@@ -29,6 +29,8 @@ static const struct {
     { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
     { "inspect", sw_cmd_inspect, "show a model's architecture, tensors, bytes per block per format" },
     { "quantize", sw_cmd_quantize, "write an NF4 or Int8 copy of a checkpoint (bitsandbytes layout)" },
+    { "id", sw_cmd_id, "this node's peer id (creates the identity file on first use)" },
+    { "swarm-key", sw_cmd_swarm_key, "swarm-key generate FILE: a new key for a private swarm" },
 };
 
 static void usage(FILE *f)
@@ -50,6 +52,12 @@ static void usage(FILE *f)
             "      --threads N      CPU threads for kernels (default: one per CPU)\n"
             "      --backend B      cpu (default; AVX2/FMA when available) or reference\n"
             "                       (plain single-threaded C, for checking results)\n"
+            "      --identity FILE  this node's Ed25519 key file, created (mode 0600) on first use;\n"
+            "                       default $XDG_STATE_HOME/swarmd/identity, else\n"
+            "                       ~/.local/state/swarmd/identity\n"
+            "      --swarm-key FILE join a private swarm: FILE holds its 64-hex-character key,\n"
+            "                       mode 0600 (make one with 'swarmd swarm-key generate FILE');\n"
+            "                       peers without the same key cannot connect\n"
             "  -V, --version        print version and build features\n"
             "  -h, --help           this help\n"
             "\n"
@@ -82,6 +90,8 @@ int main(int argc, char **argv)
         { "log-level", required_argument, NULL, 'L' },
         { "threads", required_argument, NULL, 't' },
         { "backend", required_argument, NULL, 'b' },
+        { "identity", required_argument, NULL, 'I' },
+        { "swarm-key", required_argument, NULL, 'K' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -123,6 +133,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             sw_global_opts.backend = optarg;
+            break;
+        case 'I':
+        case 'K':
+            if (!optarg[0]) {
+                fprintf(stderr, "swarmd: --%s wants a file name\n", c == 'I' ? "identity" : "swarm-key");
+                return 2;
+            }
+            if (c == 'I')
+                sw_global_opts.identity = optarg;
+            else
+                sw_global_opts.swarm_key = optarg;
             break;
         case 'V':
             version();

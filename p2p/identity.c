@@ -140,6 +140,76 @@ out:
     return r;
 }
 
+/* ======================================================================== swarm keys */
+
+#define SWARM_KEY_HEX 64
+
+int sw_swarm_key_load(const char *path, uint8_t key[32])
+{
+    char text[SWARM_KEY_HEX + 3];
+    struct stat st;
+    ssize_t n;
+    size_t bin_len = 0;
+    int fd, r = 0;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return sw_err(-errno, "cannot open swarm key file %s: %s", path, strerror(errno));
+    if (fstat(fd, &st) < 0) {
+        r = sw_err(-errno, "cannot stat swarm key file %s", path);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        r = sw_err(SW_EFORMAT, "swarm key file %s is not a regular file", path);
+        goto out;
+    }
+    if (st.st_mode & 077) {
+        r = sw_err(SW_EUSAGE,
+                   "swarm key file %s is accessible by group or others (mode %03o): run `chmod 600 %s`",
+                   path, (unsigned)(st.st_mode & 0777), path);
+        goto out;
+    }
+    n = read(fd, text, sizeof(text));
+    if (n == SWARM_KEY_HEX + 1 && text[SWARM_KEY_HEX] == '\n')
+        n = SWARM_KEY_HEX;
+    if (n != SWARM_KEY_HEX ||
+        sodium_hex2bin(key, 32, text, SWARM_KEY_HEX, NULL, &bin_len, NULL) != 0 || bin_len != 32) {
+        r = sw_err(SW_EFORMAT,
+                   "swarm key file %s is not a swarm key: it must hold exactly 64 hexadecimal characters "
+                   "(create one with `swarmd swarm-key generate FILE`)", path);
+        sodium_memzero(key, 32);
+    }
+out:
+    sodium_memzero(text, sizeof(text));
+    close(fd);
+    return r;
+}
+
+int sw_swarm_key_generate(const char *path)
+{
+    uint8_t key[32];
+    char text[SWARM_KEY_HEX + 2];
+    int fd, r = 0;
+
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 && errno == EEXIST)
+        return sw_err(-EEXIST, "%s already exists: not overwriting it (a swarm's peers must share one key; "
+                      "remove the file first if you really mean to replace it)", path);
+    if (fd < 0)
+        return sw_err(-errno, "cannot create swarm key file %s: %s", path, strerror(errno));
+    randombytes_buf(key, sizeof(key));
+    sodium_bin2hex(text, sizeof(text), key, sizeof(key));
+    text[SWARM_KEY_HEX] = '\n';
+    if (fchmod(fd, 0600) < 0 || write(fd, text, SWARM_KEY_HEX + 1) != SWARM_KEY_HEX + 1 || fsync(fd) < 0)
+        r = sw_err(errno ? -errno : -EIO, "cannot write swarm key file %s", path);
+    close(fd);
+    if (r < 0)
+        unlink(path);
+    sodium_memzero(key, sizeof(key));
+    sodium_memzero(text, sizeof(text));
+    return r;
+}
+
 size_t sw_base58_encode(const uint8_t *in, size_t n, char *out, size_t cap)
 {
     uint8_t digits[96]; /* base58 digits, little-endian; enough for 64 input bytes */

@@ -39,6 +39,19 @@ int sw_identity_default_path(char **out);
  */
 int sw_identity_load_or_create(const char *path, sw_identity_t *out);
 
+/*
+ * Swarm keys: the optional 32-byte pre-shared key of a private swarm (see handshake.h). The file
+ * holds the key as 64 hexadecimal characters, optionally followed by one newline, and nothing else;
+ * like the identity it must not be accessible by group or others (mode 0600).
+ *
+ * sw_swarm_key_load reads `path` into key: SW_EUSAGE (with the chmod advice) for a group- or
+ * world-accessible file, SW_EFORMAT for any other content, -errno when it cannot be read.
+ * sw_swarm_key_generate writes a fresh random key to a new file `path` (mode 0600, created with
+ * O_EXCL: an existing file is never overwritten, -EEXIST). Neither ever puts key bytes in an error.
+ */
+int sw_swarm_key_load(const char *path, uint8_t key[32]);
+int sw_swarm_key_generate(const char *path);
+
 /* A fresh random identity, kept in memory only. */
 void sw_identity_generate(sw_identity_t *out);
 /* Derives an identity from a 32-byte seed (tests and benchmarks: deterministic ids). */

@@ -68,6 +68,8 @@ for c in eval generate; do
 done
 
 # ---- README examples run as written (build/swarmd is this build's binary) ----
+# the swarm-key example refuses to overwrite its file, so the files the examples create go first
+rm -rf /tmp/swarmd-example /tmp/swarmd-example.key
 n=0
 while IFS= read -r line; do
   n=$((n + 1))
@@ -114,6 +116,57 @@ expect 2 "unknown --quant" "$SWARMD" eval --model "$wide" --tokens 1 --quant int
 contains "$tmp/err" "int3" "unknown --quant is named"
 expect 2 "quantize without --quant" "$SWARMD" quantize --model "$wide" --out "$tmp/x"
 expect 2 "bad --int8-threshold" "$SWARMD" eval --model "$wide" --tokens 1 --quant int8 --int8-threshold -1
+
+# ---- identity and swarm key ----
+for c in id swarm-key; do expect 0 "--help (for $c)" "$SWARMD" --help; contains "$tmp/out" "  $c " "--help lists $c"; done
+for o in --identity --swarm-key; do contains "$tmp/out" "$o" "--help has $o"; done
+expect 0 "id --help" "$SWARMD" id --help
+contains "$tmp/out" "peer id" "id --help says what it prints"
+expect 0 "swarm-key --help" "$SWARMD" swarm-key --help
+contains "$tmp/out" "64 hexadecimal" "swarm-key --help states the file format"
+expect 0 "id creates the identity" "$SWARMD" --identity "$tmp/ids/node/identity" id
+contains "$tmp/out" "(created)" "id says it created the file"
+contains "$tmp/out" "swarm key: none" "id says no swarm key is configured"
+[ "$(stat -c %a "$tmp/ids/node/identity")" = 600 ] && ok "identity file has mode 0600" || bad "identity file mode $(stat -c %a "$tmp/ids/node/identity")"
+[ "$(stat -c %a "$tmp/ids/node")" = 700 ] && ok "identity directory has mode 0700" || bad "identity directory mode"
+pid1=$(awk '/^peer id:/ {print $3}' "$tmp/out")
+short1=$(awk '/^short id:/ {print $3}' "$tmp/out")
+[[ "$pid1" =~ ^[1-9A-HJ-NP-Za-km-z]{43,44}$ ]] && ok "peer id is base58" || bad "peer id '$pid1' is not base58"
+[ "$short1" = "${pid1:0:8}" ] && ok "short id is the first 8 characters" || bad "short id '$short1'"
+expect 0 "id again" "$SWARMD" --identity "$tmp/ids/node/identity" id
+[ "$(awk '/^peer id:/ {print $3}' "$tmp/out")" = "$pid1" ] && ok "peer id is stable across runs" || bad "peer id changed"
+if grep -q "(created)" "$tmp/out"; then bad "second run does not create again"; else ok "second run does not create again"; fi
+expect 0 "id under HOME (default path)" env -u XDG_STATE_HOME HOME="$tmp/home" "$SWARMD" id
+[ -f "$tmp/home/.local/state/swarmd/identity" ] && ok "default identity under ~/.local/state/swarmd" || bad "default identity path"
+expect 0 "id under XDG_STATE_HOME" env XDG_STATE_HOME="$tmp/xdg" "$SWARMD" id
+contains "$tmp/out" "$tmp/xdg/swarmd/identity" "default identity under \$XDG_STATE_HOME/swarmd"
+cp -p "$tmp/ids/node/identity" "$tmp/ids/open" && chmod 644 "$tmp/ids/open"
+expect 1 "a 0644 identity is refused" "$SWARMD" --identity "$tmp/ids/open" id
+contains "$tmp/err" "chmod 600 $tmp/ids/open" "refused identity gives the chmod advice"
+printf 'not a key' >"$tmp/ids/junk" && chmod 600 "$tmp/ids/junk"
+expect 1 "a malformed identity is refused" "$SWARMD" --identity "$tmp/ids/junk" id
+expect 0 "swarm-key generate" "$SWARMD" swarm-key generate "$tmp/swarm.key"
+[ "$(stat -c %a "$tmp/swarm.key")" = 600 ] && ok "swarm key has mode 0600" || bad "swarm key mode $(stat -c %a "$tmp/swarm.key")"
+grep -qxE '[0-9a-f]{64}' "$tmp/swarm.key" && [ "$(stat -c %s "$tmp/swarm.key")" -eq 65 ] && ok "swarm key is 64 hex characters and a newline" || bad "swarm key format"
+cp "$tmp/swarm.key" "$tmp/swarm.key.orig"
+expect 1 "swarm-key generate refuses to overwrite" "$SWARMD" swarm-key generate "$tmp/swarm.key"
+contains "$tmp/err" "already exists" "overwrite refusal says why"
+cmp -s "$tmp/swarm.key" "$tmp/swarm.key.orig" && ok "existing swarm key left untouched" || bad "existing swarm key changed"
+expect 2 "swarm-key without generate FILE" "$SWARMD" swarm-key
+expect 0 "id with a swarm key" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/swarm.key" id
+contains "$tmp/out" "private swarm" "id says a swarm key is configured"
+if grep -qiF "$(cat "$tmp/swarm.key")" "$tmp/out" "$tmp/err"; then bad "id never prints the swarm key"; else ok "id never prints the swarm key"; fi
+seed=$(tail -c 32 "$tmp/ids/node/identity" | od -An -tx1 | tr -d ' \n')
+if grep -qiF "$seed" "$tmp/out" "$tmp/err"; then bad "id never prints the secret key"; else ok "id never prints the secret key"; fi
+printf '%s\n' "$(head -c 60 "$tmp/swarm.key")" >"$tmp/short.key" && chmod 600 "$tmp/short.key"
+expect 1 "a short swarm key is refused" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/short.key" id
+contains "$tmp/err" "64 hexadecimal characters" "bad swarm key file says what the format is"
+printf 'zz%s\n' "$(head -c 62 "$tmp/swarm.key")" >"$tmp/hex.key" && chmod 600 "$tmp/hex.key"
+expect 1 "a non-hex swarm key is refused" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/hex.key" id
+chmod 644 "$tmp/swarm.key"
+expect 1 "a 0644 swarm key is refused" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/swarm.key" id
+contains "$tmp/err" "chmod 600 $tmp/swarm.key" "refused swarm key gives the chmod advice"
+expect 1 "a missing swarm key file is an error" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/nope.key" id
 
 # ---- errors say what went wrong ----
 expect 1 "missing model dir" "$SWARMD" eval --model "$tmp/nope" --tokens 1
