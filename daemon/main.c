@@ -6,6 +6,7 @@
  * Usage errors exit 2, failures exit 1 with a message saying what to do next.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,8 @@ int main(int argc, char **argv)
     int c, verbose = 0;
     sw_log_level_t level;
 
+    /* a peer that vanishes mid-write must cost a write error on that connection, not the process */
+    signal(SIGPIPE, SIG_IGN);
     /* '+' stops at the first non-option: the subcommand */
     while ((c = getopt_long(argc, argv, "+vqVh", opts, NULL)) != -1) {
         switch (c) {
