@@ -1,0 +1,138 @@
+/*
+ * backend.h - the CUDA backend: a device context, device memory, device-resident weights, and
+ * the ops of kernels/ops.h running on the GPU.
+ *
+ * Shape of the API. Each op has the signature of its sw_ops_t namesake with two changes: the
+ * context comes first (it owns the CUDA stream, the cuBLAS handle and a workspace), and the op
+ * returns 0 or a negative code instead of void, because a launch can fail. Attention takes no
+ * scratch (it keeps its scores in shared memory). Every pointer an op takes is a DEVICE pointer:
+ * activations (fp32), positions and token ids (int32), norms, biases and inverse frequencies
+ * (fp32), and the data of weight tensors made by sw_cuda_tensor_upload. The shapes, layouts
+ * and semantics are exactly those of kernels/ops.h, and tests/test-cuda.c checks every op
+ * against sw_ops_ref.
+ *
+ * Ordering: ops are queued on the context's stream in call order and run asynchronously; an op
+ * returning 0 means it was queued. A fault inside a kernel surfaces at the next call that
+ * synchronizes (sw_cuda_sync, sw_cuda_download) or at a later launch check. Every CUDA and
+ * cuBLAS call goes through a check that logs file:line and returns SW_EDEVICE with a detail
+ * (sw_err_detail()); nothing aborts.
+ *
+ * Threads: a context and everything queued on it is driven by one thread at a time.
+ *
+ * Built without nvcc, kernels/cuda/none.c provides these symbols and every function that can
+ * fail returns SW_EUNSUPPORTED ("CUDA backend not compiled").
+ */
+#ifndef SW_KERNELS_CUDA_BACKEND_H
+#define SW_KERNELS_CUDA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sw_cuda_ctx sw_cuda_ctx_t;
+
+/*
+ * How sw_cuda_matmul multiplies fp32 activations by a weight of dtype F32, F16 or BF16:
+ *
+ *   SW_CUDA_MATMUL_FP32 (the default): fp32 arithmetic throughout. A 16-bit weight is widened
+ *     exactly to fp32 into the workspace, then cublasGemmEx runs fp32 x fp32 with
+ *     CUBLAS_COMPUTE_32F (no TF32). Matches the CPU reference to fp32 rounding (rel-L2 ~1e-7).
+ *     Costs an extra pass over the weight (read 2 bytes, write and read 4 per element).
+ *   SW_CUDA_MATMUL_FAST: tensor cores. The activations are rounded to the weight's dtype into
+ *     the workspace, then cublasGemmEx runs 16-bit x 16-bit with fp32 accumulation and an fp32
+ *     output (CUBLAS_COMPUTE_32F); F32 weights use CUBLAS_COMPUTE_32F_FAST_TF32. Error is the
+ *     rounding of x: rel-L2 about 2^-9 for bf16, 2^-11 for f16, TF32's 2^-11 for f32.
+ */
+typedef enum {
+    SW_CUDA_MATMUL_FP32 = 0,
+    SW_CUDA_MATMUL_FAST = 1,
+} sw_cuda_matmul_mode_t;
+
+/* ---- context ---- */
+
+/*
+ * Makes a context on device dev: a non-blocking stream and a cuBLAS handle bound to it. cuBLAS
+ * (libcublas.so.13) is loaded at run time, so binaries built with CUDA start on machines without
+ * it; then this fails with SW_EDEVICE naming the library. Caller frees with sw_cuda_ctx_free.
+ */
+int sw_cuda_ctx_create(int dev, sw_cuda_ctx_t **out);
+/* Waits for queued work, then frees the workspace, the handle and the stream. NULL is a no-op. */
+void sw_cuda_ctx_free(sw_cuda_ctx_t *c);
+void sw_cuda_ctx_set_matmul_mode(sw_cuda_ctx_t *c, sw_cuda_matmul_mode_t mode);
+sw_cuda_matmul_mode_t sw_cuda_ctx_matmul_mode(const sw_cuda_ctx_t *c);
+/*
+ * Makes the context's workspace at least `bytes` (it never shrinks). Call it up front with the
+ * largest sw_cuda_matmul_workspace_bytes of the model, so that ops allocate nothing; an op whose
+ * workspace is too small fails with SW_ELIMIT.
+ */
+int sw_cuda_ctx_reserve(sw_cuda_ctx_t *c, size_t bytes);
+/* Workspace bytes sw_cuda_matmul needs for x (M, K) times w (N, K) of dtype wdt in mode. */
+size_t sw_cuda_matmul_workspace_bytes(sw_cuda_matmul_mode_t mode, sw_dtype_t wdt, int M,
+                                      int64_t N, int64_t K);
+/* Waits until everything queued on c has run; returns the first error it raised. */
+int sw_cuda_sync(sw_cuda_ctx_t *c);
+
+/* ---- device memory ---- */
+
+/* cudaMalloc of bytes (> 0) into *out; free with sw_cuda_free. Running out is SW_EDEVICE. */
+int sw_cuda_alloc(sw_cuda_ctx_t *c, size_t bytes, void **out);
+/* Frees memory from sw_cuda_alloc after waiting for the stream; NULL is a no-op. */
+void sw_cuda_free(sw_cuda_ctx_t *c, void *p);
+/* Copies host -> device in stream order; returns once src may be reused. */
+int sw_cuda_upload(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
+/* Copies device -> host in stream order; returns once dst holds the data (synchronizes). */
+int sw_cuda_download(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
+/* Sets n floats at dst to v (e.g. NaN to poison an output), in stream order. */
+int sw_cuda_fill_f32(sw_cuda_ctx_t *c, float *dst, float v, size_t n);
+
+/*
+ * Copies the dense tensor host (F32, F16 or BF16; any alignment) to the device: *out gets the
+ * same dtype and shape and data = a device pointer; out->owned is 0 so that sw_tensor_free never
+ * touches it: free it with sw_cuda_tensor_free. Quantized tensors are SW_EUNSUPPORTED for now.
+ */
+int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t *out);
+/* Frees the device data of a tensor from sw_cuda_tensor_upload and zeroes *t. */
+void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t);
+
+/* ---- ops (device pointers; see kernels/ops.h for the contracts) ---- */
+
+/* y (M, N) = x (M, K) @ w^T + bias; w (N, K) on the device; bias (N) or NULL. See the modes. */
+int sw_cuda_matmul(sw_cuda_ctx_t *c, float *y, const float *x, const sw_tensor_t *w,
+                   const float *bias, int M);
+/* y (M, H) = x / sqrt(mean(x^2) + eps) * w; y may equal x. */
+int sw_cuda_rmsnorm(sw_cuda_ctx_t *c, float *y, const float *x, const float *w, int M, int H,
+                    float eps);
+/* In-place rotate_half RoPE of x (M, nh, HD) at positions pos (M) with inv_freq (HD/2). */
+int sw_cuda_rope(sw_cuda_ctx_t *c, float *x, const int32_t *pos, int M, int nh, int HD,
+                 const float *inv_freq, float attn_factor);
+/* Causal (optionally sliding-window) GQA attention; q, out (B, T, NH, HD); k, v (B, NKV,
+ * max_T, HD). */
+int sw_cuda_attention(sw_cuda_ctx_t *c, float *out, const float *q, const float *k,
+                      const float *v, int B, int T, int pos0, int max_T, int NH, int NKV, int HD,
+                      int window, float scale);
+/*
+ * Appends T new keys and values per sequence to a cache: kn, vn (B, T, NKV, HD) are written to
+ * positions pos0 .. pos0 + T - 1 of kc, vc (B, NKV, max_T, HD). Needs pos0 + T <= max_T.
+ */
+int sw_cuda_kv_append(sw_cuda_ctx_t *c, float *kc, float *vc, const float *kn, const float *vn,
+                      int B, int T, int pos0, int max_T, int NKV, int HD);
+/* out (n) = silu(gate) * up; out may equal gate or up. */
+int sw_cuda_swiglu(sw_cuda_ctx_t *c, float *out, const float *gate, const float *up, size_t n);
+/* y (n) += x (n). */
+int sw_cuda_add(sw_cuda_ctx_t *c, float *y, const float *x, size_t n);
+/*
+ * y (M, H) = rows ids[m] of table (V, H). The caller checks ids against V on the host; an id
+ * outside [0, V) still reads nothing out of bounds: its row is written as NaN.
+ */
+int sw_cuda_embed(sw_cuda_ctx_t *c, float *y, const sw_tensor_t *table, const int32_t *ids, int M);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,260 @@
+/*
+ * context.cu - the CUDA context (stream, cuBLAS handle, workspace), device memory, weight
+ * upload and the error checks; see backend.h.
+ *
+ * cuBLAS is loaded with dlopen the first time a context is made, so that a binary built with
+ * CUDA still starts where libcublas is missing (the CUDA runtime itself is linked statically).
+ * libcublas talks to the driver directly and shares our primary context, so the streams of the
+ * static runtime are valid there.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+extern "C" {
+#include "../../util/alloc.h"
+#include "../../util/log.h"
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* errors                                                                                      */
+
+int sw_cuda_fail(const char *file, int line, const char *what, const char *msg)
+{
+    SW_LOG_E("cuda", "%s:%d: %s: %s", file, line, what, msg);
+    return sw_err(SW_EDEVICE, "%s:%d: %s: %s", file, line, what, msg);
+}
+
+int sw_cublas_fail(const sw_cuda_ctx_t *c, const char *file, int line, const char *what,
+                   cublasStatus_t s)
+{
+    char msg[96];
+
+    snprintf(msg, sizeof(msg), "cuBLAS status %d (%s)", (int)s,
+             c && c->api && c->api->status_string ? c->api->status_string(s) : "?");
+    return sw_cuda_fail(file, line, what, msg);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* cuBLAS loading (once per process)                                                           */
+
+static sw_cublas_api_t cublas_api;
+static int cublas_status = 1; /* 1: not tried; 0: loaded; < 0: failed */
+static char cublas_error[256];
+static pthread_once_t cublas_once = PTHREAD_ONCE_INIT;
+
+static void cublas_load(void)
+{
+    static const char *const names[] = { "libcublas.so.13", "libcublas.so" };
+    void *lib = NULL;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !lib; i++)
+        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(cublas_error, sizeof(cublas_error), "cannot load libcublas.so.13: %s",
+                 dlerror());
+        cublas_status = SW_EDEVICE;
+        return;
+    }
+#define SYM(field, name)                                                                     \
+    do {                                                                                     \
+        *(void **)&cublas_api.field = dlsym(lib, name);                                      \
+        if (!cublas_api.field) {                                                             \
+            snprintf(cublas_error, sizeof(cublas_error), "libcublas lacks %s", name);        \
+            dlclose(lib);                                                                    \
+            cublas_status = SW_EDEVICE;                                                      \
+            return;                                                                          \
+        }                                                                                    \
+    } while (0)
+    SYM(create, "cublasCreate_v2");
+    SYM(destroy, "cublasDestroy_v2");
+    SYM(set_stream, "cublasSetStream_v2");
+    SYM(set_math_mode, "cublasSetMathMode");
+    SYM(gemm_ex, "cublasGemmEx");
+    SYM(status_string, "cublasGetStatusString");
+#undef SYM
+    cublas_api.lib = lib; /* kept loaded for the life of the process */
+    cublas_status = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* context                                                                                     */
+
+extern "C" int sw_cuda_ctx_create(int dev, sw_cuda_ctx_t **out)
+{
+    sw_cuda_ctx_t *c;
+    int r;
+
+    pthread_once(&cublas_once, cublas_load);
+    if (cublas_status < 0)
+        return sw_err(cublas_status, "CUDA: %s", cublas_error);
+    c = (sw_cuda_ctx_t *)sw_calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->dev = dev;
+    c->api = &cublas_api;
+    c->mode = SW_CUDA_MATMUL_FP32;
+    r = [&]() -> int {
+        SW_CUDA_CHECK(cudaSetDevice(dev));
+        SW_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+        SW_CUBLAS_CHECK(c, c->api->create(&c->blas));
+        SW_CUBLAS_CHECK(c, c->api->set_stream(c->blas, c->stream));
+        /* no TF32 unless a call asks for it through its compute type */
+        SW_CUBLAS_CHECK(c, c->api->set_math_mode(c->blas, CUBLAS_DEFAULT_MATH));
+        return 0;
+    }();
+    if (r < 0) {
+        sw_cuda_ctx_free(c);
+        return r;
+    }
+    *out = c;
+    return 0;
+}
+
+extern "C" void sw_cuda_ctx_free(sw_cuda_ctx_t *c)
+{
+    if (!c)
+        return;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream); /* errors here are reported by whoever queued the work */
+    if (c->ws)
+        cudaFree(c->ws);
+    if (c->blas)
+        c->api->destroy(c->blas);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    cudaGetLastError();
+    sw_free(c);
+}
+
+extern "C" void sw_cuda_ctx_set_matmul_mode(sw_cuda_ctx_t *c, sw_cuda_matmul_mode_t mode)
+{
+    c->mode = mode;
+}
+
+extern "C" sw_cuda_matmul_mode_t sw_cuda_ctx_matmul_mode(const sw_cuda_ctx_t *c)
+{
+    return c->mode;
+}
+
+extern "C" int sw_cuda_ctx_reserve(sw_cuda_ctx_t *c, size_t bytes)
+{
+    void *p = NULL;
+
+    if (bytes <= c->ws_bytes)
+        return 0;
+    SW_CUDA_CHECK(cudaSetDevice(c->dev));
+    SW_CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* queued ops may still use the old one */
+    SW_CUDA_CHECK(cudaMalloc(&p, bytes));
+    if (c->ws)
+        cudaFree(c->ws);
+    c->ws = p;
+    c->ws_bytes = bytes;
+    return 0;
+}
+
+extern "C" int sw_cuda_sync(sw_cuda_ctx_t *c)
+{
+    SW_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    SW_CUDA_CHECK(cudaGetLastError());
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* memory                                                                                      */
+
+extern "C" int sw_cuda_alloc(sw_cuda_ctx_t *c, size_t bytes, void **out)
+{
+    void *p = NULL;
+
+    if (bytes == 0)
+        return sw_err(-EINVAL, "CUDA: allocation of 0 bytes");
+    SW_CUDA_CHECK(cudaSetDevice(c->dev));
+    SW_CUDA_CHECK(cudaMalloc(&p, bytes));
+    *out = p;
+    return 0;
+}
+
+extern "C" void sw_cuda_free(sw_cuda_ctx_t *c, void *p)
+{
+    if (!p)
+        return;
+    cudaStreamSynchronize(c->stream);
+    cudaFree(p);
+    cudaGetLastError();
+}
+
+extern "C" int sw_cuda_upload(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0)
+        return 0;
+    /* pageable host memory: cudaMemcpyAsync returns once src is staged, but be explicit */
+    SW_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    SW_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return 0;
+}
+
+extern "C" int sw_cuda_download(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0)
+        return 0;
+    SW_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    SW_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return 0;
+}
+
+static __global__ void fill_f32_kernel(float *dst, float v, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = v;
+}
+
+extern "C" int sw_cuda_fill_f32(sw_cuda_ctx_t *c, float *dst, float v, size_t n)
+{
+    if (n == 0)
+        return 0;
+    fill_f32_kernel<<<sw_cuda_grid(n, 256), 256, 0, c->stream>>>(dst, v, n);
+    SW_CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+extern "C" int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t *out)
+{
+    sw_tensor_t t = *host;
+    size_t n;
+    void *p = NULL;
+    int r;
+
+    if (host->qs || (host->dtype != SW_DTYPE_F32 && host->dtype != SW_DTYPE_F16 &&
+                     host->dtype != SW_DTYPE_BF16))
+        return sw_err(SW_EUNSUPPORTED, "CUDA: %s weights are not supported on the GPU yet",
+                      sw_dtype_name(host->dtype));
+    n = sw_tensor_nbytes(host);
+    if (n == 0)
+        return sw_err(-EINVAL, "CUDA: empty tensor");
+    if ((r = sw_cuda_alloc(c, n, &p)) < 0)
+        return r;
+    if ((r = sw_cuda_upload(c, p, host->data, n)) < 0) {
+        sw_cuda_free(c, p);
+        return r;
+    }
+    t.data = p;
+    t.owned = 0;
+    t.qs = NULL;
+    *out = t;
+    return 0;
+}
+
+extern "C" void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t)
+{
+    if (!t)
+        return;
+    sw_cuda_free(c, t->data);
+    memset(t, 0, sizeof(*t));
+}
