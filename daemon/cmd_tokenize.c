@@ -15,9 +15,6 @@
 #include "util/alloc.h"
 #include "util/error.h"
 
-/* Declared here until daemon/commands.h lists it beside the other subcommands. */
-int sw_cmd_tokenize(int argc, char **argv);
-
 #define STDIN_MAX (64u << 20)
 
 static void tokenize_usage(FILE *f)

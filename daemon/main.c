@@ -30,6 +30,7 @@ static const struct {
     { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
     { "inspect", sw_cmd_inspect, "show a model's architecture, tensors, bytes per block per format" },
     { "quantize", sw_cmd_quantize, "write an NF4 or Int8 copy of a checkpoint (bitsandbytes layout)" },
+    { "tokenize", sw_cmd_tokenize, "text to token ids, or ids back to text (--decode), with a model's tokenizer.json" },
     { "id", sw_cmd_id, "this node's peer id (creates the identity file on first use)" },
     { "swarm-key", sw_cmd_swarm_key, "swarm-key generate FILE: a new key for a private swarm" },
 };

@@ -16,5 +16,11 @@ if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]; then
   $SUDO apt-get update -qq
   $SUDO mkdir -p "$(dirname "$stamp")" && $SUDO touch "$stamp"
 fi
+# node >= 18 and npm run the tokenizer tests (reference ids from @lenml/tokenizers). Debian's
+# nodejs + npm only where they are missing: a NodeSource nodejs bundles npm and conflicts with
+# Debian's npm package.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  pkgs+=(nodejs npm)
+fi
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 echo "install-deps: ${#pkgs[@]} packages present"

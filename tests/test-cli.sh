@@ -60,6 +60,11 @@ for o in --local --model --prompt-ids --max-new-tokens --max-len; do contains "$
 expect 0 "inspect --help" "$SWARMD" inspect --help
 contains "$tmp/out" "--model" "inspect --help has --model"
 contains "$tmp/out" "--quant" "inspect --help has --quant"
+expect 0 "tokenize --help" "$SWARMD" tokenize --help
+for o in --model --decode --no-special --skip-special --show-tokens; do contains "$tmp/out" "$o" "tokenize --help has $o"; done
+expect 2 "tokenize without --model" "$SWARMD" tokenize hello
+expect 1 "tokenize a model without tokenizer.json" "$SWARMD" tokenize --model tests/fixtures/llama-mha-tied hello
+contains "$tmp/err" "tokenizer.json" "missing tokenizer.json is named"
 expect 0 "quantize --help" "$SWARMD" quantize --help
 for o in --model --out --quant --int8-threshold; do contains "$tmp/out" "$o" "quantize --help has $o"; done
 for c in eval generate; do
