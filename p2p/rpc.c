@@ -2016,3 +2016,8 @@ sw_p2p_conn_t *sw_p2p_call_conn(sw_p2p_call_t *k)
 {
     return k->conn;
 }
+/* Test hook (rpc_internal.h). */
+void sw_p2p_test_ignore_peer_call_limit(sw_p2p_conn_t *c)
+{
+    c->remote.max_calls = UINT32_MAX;
+}

@@ -17,4 +17,10 @@
 typedef int (*sw_p2p_tx_hook_fn)(sw_p2p_conn_t *c, uint8_t *frame, size_t len);
 extern sw_p2p_tx_hook_fn sw_p2p_test_tx_hook;
 
+/*
+ * Makes this side ignore the calls-in-flight limit the peer announced, as a misbehaving peer
+ * would, so tests can check that the peer enforces it.
+ */
+void sw_p2p_test_ignore_peer_call_limit(sw_p2p_conn_t *c);
+
 #endif

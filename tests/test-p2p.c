@@ -879,6 +879,42 @@ static void test_calls_in_flight_limit(void)
         SW_CHECK(r[i].done && r[i].status == -ECONNRESET);
 }
 
+/* A peer that opens more calls than we allow loses its connection; the node keeps serving. */
+static void test_calls_in_flight_enforced(void)
+{
+    sw_p2p_limits_t la;
+    sw_p2p_stats_t st;
+    sw_p2p_call_t *k[5];
+    reply_t r[5];
+    fx_t f;
+
+    memset(r, 0, sizeof(r));
+    sw_p2p_limits_default(&la);
+    la.max_calls = 4;
+    SW_CHECK_OK(fx_nodes(&f, NULL, NULL, &la, NULL, "127.0.0.1"));
+    SW_CHECK_OK(fx_connect(&f, "127.0.0.1", NULL));
+    sw_p2p_test_ignore_peer_call_limit(f.conn);
+    for (int i = 0; i < 5; i++) {
+        SW_CHECK_OK(sw_p2p_call_start(f.conn, "silent", 0, &rep_cbs, &r[i], &k[i]));
+        SW_CHECK_OK(sw_p2p_call_send(k[i], "x", 1, NULL, 0, 0));
+    }
+    SW_CHECK(run_until(&f.loop, &r[4].done, WAIT_MS));
+    for (int i = 0; i < 5; i++)
+        SW_CHECKF(r[i].status == -ECONNRESET || r[i].status == SW_ELIMIT, "call %d: %d", i,
+                  r[i].status);
+    sw_p2p_node_stats(f.a, &st);
+    SW_CHECKF(st.violations == 1, "violations %llu", (unsigned long long)st.violations);
+    SW_CHECK(sw_p2p_node_conn_count(f.a) == 0);
+    /* the node stays up: a well-behaved connection works */
+    memset(r, 0, sizeof(r));
+    SW_CHECK_OK(fx_connect(&f, "127.0.0.1", NULL));
+    SW_CHECK_OK(sw_p2p_call_start(f.conn, "echo", 0, &rep_cbs, &r[0], &k[0]));
+    SW_CHECK_OK(sw_p2p_call_send(k[0], "y", 1, NULL, 0, 0));
+    SW_CHECK_OK(sw_p2p_call_end(k[0], 0, NULL));
+    SW_CHECK(run_until(&f.loop, &r[0].done, WAIT_MS) && r[0].status == 0);
+    SW_CHECK(fx_teardown(&f) == 0);
+}
+
 static void test_deadline_and_cancel(void)
 {
     sw_p2p_call_t *k;
@@ -1038,6 +1074,7 @@ int main(void)
     SW_RUN(test_stalled_handshake);
     SW_RUN(test_connection_limits);
     SW_RUN(test_calls_in_flight_limit);
+    SW_RUN(test_calls_in_flight_enforced);
     SW_RUN(test_deadline_and_cancel);
     SW_RUN(test_slow_reader);
     SW_RUN(test_ipv6);
