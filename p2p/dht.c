@@ -30,9 +30,10 @@
 #define M_FIND_NODE "dht.find_node"
 #define M_FIND_VALUE "dht.find_value"
 #define M_STORE "dht.store"
+#define M_NODES "dht.nodes"
 
-enum { K_PING, K_FIND_NODE, K_FIND_VALUE, K_STORE };
-enum { OP_FIND_NODE, OP_GET, OP_PUT, OP_BOOT };
+enum { K_PING, K_FIND_NODE, K_FIND_VALUE, K_STORE, K_NODES };
+enum { OP_FIND_NODE, OP_GET, OP_PUT, OP_BOOT, OP_PING, OP_NODES };
 enum { C_NEW, C_WAIT, C_OK, C_FAIL };
 
 typedef struct rpc rpc_t;
@@ -84,6 +85,15 @@ struct op {
     sw_dht_put_cb put_cb;
     sw_dht_get_cb get_cb;
     sw_dht_bootstrap_cb boot_cb;
+    sw_dht_ping_cb ping_cb;   /* OP_PING */
+    sw_dht_nodes_cb nodes_cb; /* OP_NODES */
+    uint64_t t0_ns;           /* OP_PING: when the call started */
+    double rtt_ms;
+    int64_t offset_ms;
+    sw_peer_id_t peer;        /* OP_PING, OP_NODES: who answered */
+    sw_dht_node_info_t *nodes; /* OP_NODES: n_nodes entries, addresses in node_addrs */
+    char (*node_addrs)[SW_DHT_ADDR_MAX];
+    size_t n_nodes, nodes_total;
     void *arg;
 };
 
@@ -100,7 +110,7 @@ struct sw_dht {
     sw_dht_store_t mine;  /* records this node published, republished until they expire */
     sw_dht_limits_t lim;
     sw_dht_rate_t rate;
-    uv_timer_t t_expire, t_refresh, t_republish, t_defer;
+    uv_timer_t t_expire, t_refresh, t_republish, t_defer, t_save;
     int handles, closing;
     rpc_t *rpcs;
     op_t *ops, *done_ops;
@@ -128,6 +138,7 @@ void sw_dht_opts_default(sw_dht_opts_t *o)
     o->rpc_timeout_ms = 3000;
     o->refresh_ms = 600000;
     o->republish_ms = 300000;
+    o->table_save_ms = 60000;
     o->max_ttl_s = 86400;
     o->max_skew_s = 60;
     o->max_subkeys = 128;
@@ -164,6 +175,13 @@ static int resp_check(const sw_dht_t *d, const Swarmd__Dht__Response *r)
 {
     if (r->n_nodes > d->o.k || r->n_records > d->o.max_subkeys || r->n_store_status > d->o.max_subkeys)
         return sw_err(SW_ELIMIT, "response counts over the limits");
+    if (r->n_table > SW_DHT_NODES_MAX || r->table_size < r->n_table)
+        return sw_err(SW_ELIMIT, "routing table answer over the limits");
+    for (size_t i = 0; i < r->n_table; i++) {
+        if (r->table[i]->peer_id.len != SW_PEER_ID_LEN || !sw_dht_addr_ok(r->table[i]->addr) ||
+            r->table[i]->bucket >= SW_DHT_ID_BITS)
+            return sw_err(SW_EFORMAT, "bad contact in routing table answer");
+    }
     for (size_t i = 0; i < r->n_nodes; i++) {
         if (r->nodes[i]->peer_id.len != SW_PEER_ID_LEN || !sw_dht_addr_ok(r->nodes[i]->addr))
             return sw_err(SW_EFORMAT, "bad contact in response");
@@ -395,6 +413,7 @@ static void srv_request(sw_p2p_call_t *call, sw_p2p_msg_t *m, sw_dht_t *d, int k
     Swarmd__Dht__Response resp = SWARMD__DHT__RESPONSE__INIT;
     Swarmd__Dht__Node nodes[SW_DHT_K * 4], *pnodes[SW_DHT_K * 4];
     Swarmd__Dht__Record *recs = NULL, **precs = NULL;
+    Swarmd__Dht__TableEntry *tab = NULL, **ptab = NULL;
     sw_dht_contact_t close[SW_DHT_K * 4];
     int32_t *sst = NULL;
     uint64_t now = sw_dht_now_ms();
@@ -503,6 +522,34 @@ static void srv_request(sw_p2p_call_t *call, sw_p2p_msg_t *m, sw_dht_t *d, int k
         resp.store_status = sst;
         resp.n_store_status = req->n_records;
     }
+    if (kind == K_NODES) {
+        size_t total = d->table.count, j = 0;
+        size_t cap = total < SW_DHT_NODES_MAX ? total : SW_DHT_NODES_MAX;
+        tab = sw_calloc(cap ? cap : 1, sizeof(*tab));
+        ptab = sw_calloc(cap ? cap : 1, sizeof(*ptab));
+        if (!tab || !ptab) {
+            srv_refuse(d, call, -ENOMEM, "out of memory");
+            goto out;
+        }
+        for (int b = 0; b < SW_DHT_ID_BITS && j < cap; b++) {
+            for (uint32_t i = 0; i < d->table.b[b].n && j < cap; i++) {
+                const sw_dht_contact_t *c = &d->table.b[b].c[i];
+                uint64_t t = uv_now(d->loop);
+                swarmd__dht__table_entry__init(&tab[j]);
+                tab[j].peer_id.data = (uint8_t *)c->peer.b;
+                tab[j].peer_id.len = SW_PEER_ID_LEN;
+                tab[j].addr = (char *)c->addr;
+                tab[j].bucket = (uint32_t)b;
+                tab[j].age_ms = t > c->last_seen_ms ? t - c->last_seen_ms : 0;
+                tab[j].fails = c->fails;
+                ptab[j] = &tab[j];
+                j++;
+            }
+        }
+        resp.table = ptab;
+        resp.n_table = j;
+        resp.table_size = (uint32_t)(total > j ? total : j);
+    }
     olen = swarmd__dht__response__get_packed_size(&resp);
     out = sw_malloc(olen ? olen : 1);
     if (!out) {
@@ -522,6 +569,8 @@ out:
     sw_free(sst);
     sw_free(recs);
     sw_free(precs);
+    sw_free(tab);
+    sw_free(ptab);
     if (req)
         swarmd__dht__request__free_unpacked(req, &sw_pb_allocator);
 }
@@ -546,6 +595,7 @@ SRV(ping, K_PING)
 SRV(find_node, K_FIND_NODE)
 SRV(find_value, K_FIND_VALUE)
 SRV(store, K_STORE)
+SRV(nodes, K_NODES)
 
 /* ======================================================================== operations */
 
@@ -561,6 +611,8 @@ static void op_free(op_t *op)
     for (size_t i = 0; i < op->naddrs; i++)
         sw_free(op->addrs[i]);
     sw_free(op->addrs);
+    sw_free(op->nodes);
+    sw_free(op->node_addrs);
     sw_free(op);
 }
 
@@ -647,6 +699,11 @@ static void op_report(op_t *op)
         sw_free(out);
     } else if (op->type == OP_BOOT && op->boot_cb) {
         op->boot_cb(op->status, op->peers, op->arg);
+    } else if (op->type == OP_PING && op->ping_cb) {
+        op->ping_cb(op->status, op->status == 0 ? &op->peer : NULL, op->rtt_ms, op->offset_ms, op->arg);
+    } else if (op->type == OP_NODES && op->nodes_cb) {
+        op->nodes_cb(op->status, op->status == 0 ? &op->peer : NULL, op->nodes, op->status == 0 ? op->n_nodes : 0,
+                     op->nodes_total, op->arg);
     }
 }
 
@@ -721,11 +778,14 @@ static void lookup_seed(op_t *op)
 static void store_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp)
 {
     op_t *op = q->arg;
-    int ok = status == 0 && resp->n_store_status > 0;
+    int ok = status == 0 && resp->n_store_status > 0, kept = 0;
 
-    for (size_t i = 0; ok && i < resp->n_store_status; i++)
+    for (size_t i = 0; ok && i < resp->n_store_status; i++) {
         ok = resp->store_status[i] >= 0;
+        kept |= resp->store_status[i] == 1;
+    }
     op->stored += ok;
+    op->info.superseded += ok && kept;
     if (status == 0)
         note_seen(d, &q->peer, q->addr);
     op->inflight--;
@@ -951,6 +1011,134 @@ int sw_dht_bootstrap(sw_dht_t *d, const char *const *addrs, size_t n, sw_dht_boo
     return 0;
 }
 
+/* ---- ping / routing table of another node ---- */
+
+/* Splits PEERID@HOST:PORT or HOST:PORT into an optional pinned peer and the HOST:PORT part. */
+static int addr_split(const char *addr, sw_peer_id_t *peer, int *has_peer, const char **hostport)
+{
+    sw_addr_t a;
+    const char *at;
+    int r;
+
+    if (!addr || (r = sw_addr_parse(addr, &a)) < 0)
+        return sw_err(SW_EUSAGE, "'%s' is not an address: write HOST:PORT or PEERID@HOST:PORT", addr ? addr : "");
+    at = strchr(addr, '@');
+    *hostport = at ? at + 1 : addr;
+    if (!sw_dht_addr_ok(*hostport))
+        return sw_err(SW_EUSAGE, "'%s' is not an address: write HOST:PORT or PEERID@HOST:PORT", addr);
+    *has_peer = a.has_peer;
+    if (a.has_peer)
+        *peer = a.peer;
+    return 0;
+}
+
+static void ping_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp)
+{
+    op_t *op = q->arg;
+
+    if (status == 0) {
+        uint64_t now = sw_dht_now_ms();
+        op->rtt_ms = (double)(uv_hrtime() - op->t0_ns) / 1e6;
+        op->offset_ms = (int64_t)resp->now_ms - (int64_t)now + (int64_t)(op->rtt_ms / 2);
+        op->peer = q->peer;
+        if (!d->o.client_mode)
+            note_seen(d, &q->peer, q->addr);
+    }
+    op_finish(op, status);
+}
+
+static void nodes_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp)
+{
+    op_t *op = q->arg;
+
+    if (status == 0) {
+        size_t n = resp->n_table;
+        op->nodes = sw_calloc(n ? n : 1, sizeof(*op->nodes));
+        op->node_addrs = sw_calloc(n ? n : 1, sizeof(*op->node_addrs));
+        if (!op->nodes || !op->node_addrs) {
+            op_finish(op, -ENOMEM);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const Swarmd__Dht__TableEntry *e = resp->table[i];
+            memcpy(op->nodes[i].peer.b, e->peer_id.data, SW_PEER_ID_LEN);
+            snprintf(op->node_addrs[i], SW_DHT_ADDR_MAX, "%s", e->addr);
+            op->nodes[i].addr = op->node_addrs[i];
+            op->nodes[i].bucket = e->bucket;
+            op->nodes[i].age_ms = e->age_ms;
+            op->nodes[i].fails = e->fails;
+        }
+        op->n_nodes = n;
+        op->nodes_total = resp->table_size;
+        op->peer = q->peer;
+    }
+    op_finish(op, status);
+}
+
+static int single_call(sw_dht_t *d, int type, const char *method, const char *addr, rpc_cb done, op_t **out)
+{
+    Swarmd__Dht__Request req = SWARMD__DHT__REQUEST__INIT;
+    sw_peer_id_t peer;
+    const char *hp = NULL;
+    int has_peer = 0, r;
+    uint8_t *buf;
+    size_t len;
+    op_t *op;
+
+    if (d->closing)
+        return SW_ESTATE;
+    if ((r = addr_split(addr, &peer, &has_peer, &hp)) < 0)
+        return r;
+    if (!(buf = req_pack(d, &req, &len)))
+        return -ENOMEM;
+    if (!(op = op_new(d, type))) {
+        sw_free(buf);
+        return -ENOMEM;
+    }
+    op->t0_ns = uv_hrtime();
+    r = rpc_start(d, has_peer ? &peer : NULL, hp, method, buf, len, done, op);
+    sw_free(buf);
+    if (r < 0) {
+        /* never reported: unlink it quietly */
+        op->status = r;
+        if (op->prev)
+            op->prev->next = op->next;
+        else
+            d->ops = op->next;
+        if (op->next)
+            op->next->prev = op->prev;
+        d->nops--;
+        op_free(op);
+        return r;
+    }
+    *out = op;
+    return 0;
+}
+
+int sw_dht_ping(sw_dht_t *d, const char *addr, sw_dht_ping_cb cb, void *arg)
+{
+    op_t *op;
+    int r = single_call(d, OP_PING, M_PING, addr, ping_done, &op);
+
+    if (r < 0)
+        return r;
+    op->ping_cb = cb;
+    op->arg = arg;
+    return 0;
+}
+
+int sw_dht_nodes(sw_dht_t *d, const char *addr, sw_dht_nodes_cb cb, void *arg)
+{
+    op_t *op;
+    int r = single_call(d, OP_NODES, M_NODES, addr, nodes_done, &op);
+
+    if (r < 0)
+        return r;
+    op->nodes_cb = cb;
+    op->arg = arg;
+    return 0;
+}
+
 /* ---- put / get ---- */
 
 static int key_ok(const void *key, size_t key_len)
@@ -1063,6 +1251,35 @@ int sw_dht_put(sw_dht_t *d, const void *key, size_t key_len, const void *subkey,
     return put_keyrec(d, k, cb, arg);
 }
 
+int sw_dht_put_raw(sw_dht_t *d, const void *key, size_t key_len, const sw_dht_record_t *rec, sw_dht_put_cb cb,
+                   void *arg)
+{
+    sw_dht_entry_t e;
+    sw_dht_keyrec_t k;
+
+    if (d->closing)
+        return SW_ESTATE;
+    if (!key_ok(key, key_len) || rec->subkey_len > SW_DHT_SUBKEY_MAX || rec->value_len > SW_DHT_VALUE_MAX)
+        return sw_err(SW_ELIMIT, "record over the size limits");
+    memset(&e, 0, sizeof(e));
+    memset(&k, 0, sizeof(k));
+    e.subkey = (uint8_t *)rec->subkey;
+    e.subkey_len = (uint32_t)rec->subkey_len;
+    e.value = (uint8_t *)rec->value;
+    e.value_len = (uint32_t)rec->value_len;
+    e.exp_ms = rec->expiration_ms;
+    if (rec->signature) {
+        memcpy(e.sig, rec->signature, SW_DHT_SIG_LEN);
+        e.has_sig = 1;
+    }
+    sw_dht_id_of_key(key, key_len, &k.id);
+    k.key = (uint8_t *)key;
+    k.key_len = (uint32_t)key_len;
+    k.n = k.cap = 1;
+    k.e = &e;
+    return put_keyrec(d, &k, cb, arg);
+}
+
 int sw_dht_get(sw_dht_t *d, const void *key, size_t key_len, sw_dht_get_cb cb, void *arg)
 {
     sw_dht_limits_t lim = d->lim;
@@ -1163,6 +1380,15 @@ static void republish_tick(uv_timer_t *t)
     republish(t->data, 0);
 }
 
+/* Every table_save_ms: the routing table goes to its file, so a crash loses little of it. */
+static void save_tick(uv_timer_t *t)
+{
+    sw_dht_t *d = t->data;
+
+    if (d->table_path && sw_dht_save_table(d) < 0)
+        SW_LOG_W("dht", "cannot save the routing table to %s: %s", d->table_path, sw_err_detail());
+}
+
 void sw_dht_refresh_now(sw_dht_t *d)
 {
     if (!d->closing)
@@ -1239,20 +1465,24 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
         if ((r = sw_p2p_node_handle(node, M_PING, srv_open_ping, d)) < 0 ||
             (r = sw_p2p_node_handle(node, M_FIND_NODE, srv_open_find_node, d)) < 0 ||
             (r = sw_p2p_node_handle(node, M_FIND_VALUE, srv_open_find_value, d)) < 0 ||
-            (r = sw_p2p_node_handle(node, M_STORE, srv_open_store, d)) < 0)
+            (r = sw_p2p_node_handle(node, M_STORE, srv_open_store, d)) < 0 ||
+            (r = sw_p2p_node_handle(node, M_NODES, srv_open_nodes, d)) < 0)
             goto fail;
     }
     uv_timer_init(loop, &d->t_expire);
     uv_timer_init(loop, &d->t_refresh);
     uv_timer_init(loop, &d->t_republish);
     uv_timer_init(loop, &d->t_defer);
-    d->t_expire.data = d->t_refresh.data = d->t_republish.data = d->t_defer.data = d;
-    d->handles = 4;
+    uv_timer_init(loop, &d->t_save);
+    d->t_expire.data = d->t_refresh.data = d->t_republish.data = d->t_defer.data = d->t_save.data = d;
+    d->handles = 5;
     uv_timer_start(&d->t_expire, expire_tick, EXPIRE_TICK_MS, EXPIRE_TICK_MS);
     if (d->o.refresh_ms)
         uv_timer_start(&d->t_refresh, refresh_tick, d->o.refresh_ms / 4 + 1, d->o.refresh_ms / 4 + 1);
     if (d->o.republish_ms)
         uv_timer_start(&d->t_republish, republish_tick, d->o.republish_ms, d->o.republish_ms);
+    if (d->o.table_save_ms && d->table_path)
+        uv_timer_start(&d->t_save, save_tick, d->o.table_save_ms, d->o.table_save_ms);
     *out = d;
     return 0;
 fail:
@@ -1319,6 +1549,7 @@ void sw_dht_close(sw_dht_t *d, void (*done)(void *arg), void *arg)
     uv_close((uv_handle_t *)&d->t_refresh, timer_closed);
     uv_close((uv_handle_t *)&d->t_republish, timer_closed);
     uv_close((uv_handle_t *)&d->t_defer, timer_closed);
+    uv_close((uv_handle_t *)&d->t_save, timer_closed);
 }
 
 int sw_dht_save_table(sw_dht_t *d)

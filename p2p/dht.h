@@ -14,7 +14,7 @@
  * before the call that started them returns.
  *
  * Lifetime: the DHT registers handlers on the node ("dht.ping", "dht.find_node", "dht.find_value",
- * "dht.store"), and rpc.h has no way to unregister them, so the node must be closed first:
+ * "dht.store", "dht.nodes"), and rpc.h has no way to unregister them, so the node must be closed first:
  * sw_p2p_node_close(node, ...) ends every call and connect of the DHT (running puts and gets end
  * with what they have), and from its done callback (or later) sw_dht_close() frees the DHT.
  */
@@ -53,6 +53,7 @@ typedef struct {
     uint32_t rpc_timeout_ms;  /* a call not answered by then failed (3000) */
     uint32_t refresh_ms;      /* buckets not looked up for this long are refreshed (600000; 0: never) */
     uint32_t republish_ms;    /* records held are stored again on the k closest (300000; 0: never) */
+    uint32_t table_save_ms;   /* the routing table is written to table_path this often (60000; 0: only on close) */
     uint32_t max_ttl_s;       /* expirations further than this (plus max_skew_s) ahead are refused (86400) */
     uint32_t max_skew_s;      /* tolerated clock disagreement (60) */
     uint32_t max_subkeys;     /* subkeys per key (128) */
@@ -75,9 +76,11 @@ typedef struct {
 } sw_dht_record_t;
 
 /* What a lookup cost: hops = the longest referral chain (1: a contact of our own table) among the
- * k closest nodes that answered; msgs = calls sent; answered = calls that got an answer. */
+ * k closest nodes that answered; msgs = calls sent; answered = calls that got an answer.
+ * superseded (put only): nodes that answered the store by keeping a copy that expires as late or
+ * later (they count in `stored` too, since the record they hold is at least as fresh). */
 typedef struct {
-    uint32_t hops, msgs, answered, failed;
+    uint32_t hops, msgs, answered, failed, superseded;
 } sw_dht_lookup_info_t;
 
 /* status 0 when at least one node (or this node) took the record; stored = how many did. */
@@ -118,6 +121,33 @@ int sw_dht_put(sw_dht_t *dht, const void *key, size_t key_len, const void *subke
 
 /* Looks the key up on the k closest nodes (and this node), merging their subkeys. */
 int sw_dht_get(sw_dht_t *dht, const void *key, size_t key_len, sw_dht_get_cb cb, void *arg);
+
+/*
+ * Pings the DHT node at addr (PEERID@HOST:PORT, or HOST:PORT to learn its id). cb gets status 0, the
+ * peer's proven id, the round-trip time of the call (connecting and the handshake included when no
+ * connection was open) and the peer's clock minus ours (ms, corrected by half the RTT). addr is
+ * copied. Returns 0 and later calls cb once, or an error and never calls it.
+ */
+typedef void (*sw_dht_ping_cb)(int status, const sw_peer_id_t *peer, double rtt_ms, int64_t clock_offset_ms,
+                               void *arg);
+int sw_dht_ping(sw_dht_t *dht, const char *addr, sw_dht_ping_cb cb, void *arg);
+
+/*
+ * Asks the DHT node at addr for its routing table ("dht.nodes", a debugging call rate-limited like
+ * FIND). cb gets up to SW_DHT_NODES_MAX contacts, valid during the callback only, and `total`, the
+ * size of the peer's table. Returns 0 and later calls cb once, or an error and never calls it.
+ */
+#define SW_DHT_NODES_MAX 1024
+typedef struct {
+    sw_peer_id_t peer;
+    const char *addr;
+    uint32_t bucket;  /* leading bits its id shares with the answering node's id */
+    uint64_t age_ms;  /* since that node last heard from it */
+    uint32_t fails;   /* consecutive failed calls */
+} sw_dht_node_info_t;
+typedef void (*sw_dht_nodes_cb)(int status, const sw_peer_id_t *peer, const sw_dht_node_info_t *nodes, size_t n,
+                                size_t total, void *arg);
+int sw_dht_nodes(sw_dht_t *dht, const char *addr, sw_dht_nodes_cb cb, void *arg);
 
 /* Writes the owned subkey of `peer` ("peer:" + its 32 bytes) into out. */
 void sw_dht_owned_subkey(const sw_peer_id_t *peer, uint8_t out[SW_DHT_OWNED_SUBKEY_LEN]);

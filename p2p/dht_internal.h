@@ -153,6 +153,14 @@ sw_dht_keyrec_t *sw_dht_store_find(const sw_dht_store_t *s, const uint8_t *key, 
  * (UINT64_MAX when none). */
 uint64_t sw_dht_store_expire(sw_dht_store_t *s, uint64_t now_ms);
 
+/*
+ * Tests and the CLI's --forge-for only: sends the record exactly as given (signature included, no
+ * local check, nothing kept here) to the k nodes closest to key, as a misbehaving peer would. Every
+ * honest node must refuse it when the signature is not its owner's. Callback as sw_dht_put.
+ */
+int sw_dht_put_raw(sw_dht_t *dht, const void *key, size_t key_len, const sw_dht_record_t *r, sw_dht_put_cb cb,
+                   void *arg);
+
 /* ======================================================================== rate limits */
 
 #define SW_DHT_RATE_SLOTS 1024
