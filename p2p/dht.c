@@ -32,7 +32,13 @@
 #define M_STORE "dht.store"
 #define M_NODES "dht.nodes"
 
-enum { K_PING, K_FIND_NODE, K_FIND_VALUE, K_STORE, K_NODES };
+enum {
+    K_PING = SW_DHT_REQ_PING,
+    K_FIND_NODE = SW_DHT_REQ_FIND_NODE,
+    K_FIND_VALUE = SW_DHT_REQ_FIND_VALUE,
+    K_STORE = SW_DHT_REQ_STORE,
+    K_NODES = SW_DHT_REQ_NODES,
+};
 enum { OP_FIND_NODE, OP_GET, OP_PUT, OP_BOOT, OP_PING, OP_NODES };
 enum { C_NEW, C_WAIT, C_OK, C_FAIL };
 
@@ -170,10 +176,26 @@ static void rpc_unlink(sw_dht_t *d, rpc_t *q)
     q->prev = q->next = NULL;
 }
 
+int sw_dht_request_check(const Swarmd__Dht__Request *req, int kind, uint32_t max_subkeys)
+{
+    if ((!req->client_mode && !sw_dht_addr_ok(req->sender_addr)) ||
+        (kind == K_FIND_NODE && req->target.len != SW_DHT_ID_LEN) ||
+        ((kind == K_FIND_VALUE || kind == K_STORE) && (req->key.len == 0 || req->key.len > SW_DHT_KEY_MAX)) ||
+        (kind == K_STORE && (req->n_records == 0 || req->n_records > max_subkeys)) ||
+        (kind != K_STORE && req->n_records != 0))
+        return sw_err(SW_EFORMAT, "bad request fields");
+    return 0;
+}
+
 /* Checks a decoded response's counts and contacts before anyone reads it. */
 static int resp_check(const sw_dht_t *d, const Swarmd__Dht__Response *r)
 {
-    if (r->n_nodes > d->o.k || r->n_records > d->o.max_subkeys || r->n_store_status > d->o.max_subkeys)
+    return sw_dht_response_check(r, d->o.k, d->o.max_subkeys, d->o.max_value);
+}
+
+int sw_dht_response_check(const Swarmd__Dht__Response *r, uint32_t k, uint32_t max_subkeys, uint32_t max_value)
+{
+    if (r->n_nodes > k || r->n_records > max_subkeys || r->n_store_status > max_subkeys)
         return sw_err(SW_ELIMIT, "response counts over the limits");
     if (r->n_table > SW_DHT_NODES_MAX || r->table_size < r->n_table)
         return sw_err(SW_ELIMIT, "routing table answer over the limits");
@@ -188,7 +210,7 @@ static int resp_check(const sw_dht_t *d, const Swarmd__Dht__Response *r)
     }
     for (size_t i = 0; i < r->n_records; i++) {
         const Swarmd__Dht__Record *x = r->records[i];
-        if (x->subkey.len > SW_DHT_SUBKEY_MAX || x->value.len > d->o.max_value ||
+        if (x->subkey.len > SW_DHT_SUBKEY_MAX || x->value.len > max_value ||
             (x->signature.len != 0 && x->signature.len != SW_DHT_SIG_LEN))
             return sw_err(SW_EFORMAT, "bad record in response");
     }
@@ -441,11 +463,7 @@ static void srv_request(sw_p2p_call_t *call, sw_p2p_msg_t *m, sw_dht_t *d, int k
         srv_refuse(d, call, SW_EFORMAT, "malformed request");
         return;
     }
-    if ((!req->client_mode && !sw_dht_addr_ok(req->sender_addr)) ||
-        (kind == K_FIND_NODE && req->target.len != SW_DHT_ID_LEN) ||
-        ((kind == K_FIND_VALUE || kind == K_STORE) && (req->key.len == 0 || req->key.len > SW_DHT_KEY_MAX)) ||
-        (kind == K_STORE && (req->n_records == 0 || req->n_records > d->o.max_subkeys)) ||
-        (kind != K_STORE && req->n_records != 0)) {
+    if (sw_dht_request_check(req, kind, d->o.max_subkeys) < 0) {
         srv_refuse(d, call, SW_EFORMAT, "bad request fields");
         goto out;
     }

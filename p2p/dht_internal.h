@@ -161,6 +161,24 @@ uint64_t sw_dht_store_expire(sw_dht_store_t *s, uint64_t now_ms);
 int sw_dht_put_raw(sw_dht_t *dht, const void *key, size_t key_len, const sw_dht_record_t *r, sw_dht_put_cb cb,
                    void *arg);
 
+/* ======================================================================== messages */
+
+/* The calls a node serves, as sw_dht_request_check knows them. */
+enum { SW_DHT_REQ_PING, SW_DHT_REQ_FIND_NODE, SW_DHT_REQ_FIND_VALUE, SW_DHT_REQ_STORE, SW_DHT_REQ_NODES };
+
+struct Swarmd__Dht__Request;
+struct Swarmd__Dht__Response;
+/*
+ * The checks a decoded message passes before any field is used (the fuzz target runs them on raw
+ * bytes): a request's sender address, target, key and record count for its kind; a response's
+ * counts (k contacts, max_subkeys records/statuses, SW_DHT_NODES_MAX table entries), contact
+ * addresses and record field sizes. 0, or SW_EFORMAT / SW_ELIMIT with a detail. Signatures and
+ * expirations are checked later, record by record (sw_dht_record_check).
+ */
+int sw_dht_request_check(const struct Swarmd__Dht__Request *req, int kind, uint32_t max_subkeys);
+int sw_dht_response_check(const struct Swarmd__Dht__Response *r, uint32_t k, uint32_t max_subkeys,
+                          uint32_t max_value);
+
 /* ======================================================================== rate limits */
 
 #define SW_DHT_RATE_SLOTS 1024
