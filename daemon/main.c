@@ -33,6 +33,7 @@ static const struct {
     { "tokenize", sw_cmd_tokenize, "text to token ids, or ids back to text (--decode), with a model's tokenizer.json" },
     { "id", sw_cmd_id, "this node's peer id (creates the identity file on first use)" },
     { "swarm-key", sw_cmd_swarm_key, "swarm-key generate FILE: a new key for a private swarm" },
+    { "dht", sw_cmd_dht, "the swarm DHT: serve a bootstrap node, ping, get, put, nodes" },
 };
 
 static void usage(FILE *f)
