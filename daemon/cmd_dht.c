@@ -7,6 +7,9 @@
  * until SIGINT/SIGTERM) and then closes node, DHT and handles in that order, so the routing table
  * is saved and every allocation is freed before the loop ends.
  *
+ * serve checks that others can connect to its announced address (other nodes dial it back, see
+ * "Reachability" in p2p/dht.h) and runs in client mode while they cannot.
+ *
  * Without --listen, ping/get/put/nodes run in client mode: they query and store, but no routing
  * table lists them (they cannot be reached). ping/get/nodes then use a fresh in-memory identity
  * unless --identity is given, so they never share a peer id with a daemon of the same user; put uses
@@ -47,7 +50,7 @@ typedef struct {
     char *peers_buf;          /* --initial-peers, split in place */
     const char *peers[MAX_PEERS];
     size_t npeers;
-    int new_swarm, client_mode, count, has_ttl;
+    int new_swarm, client_mode, no_reach_check, count, has_ttl;
     double ttl_s, timeout_s;
     const char *args[3];      /* positional arguments */
     int nargs;
@@ -108,6 +111,9 @@ static void usage(FILE *f, int sub)
                 "                         no initial peers and no saved routing table, so nobody starts\n"
                 "                         an isolated node by accident)\n"
                 "      --listen HOST:PORT default " DEFAULT_LISTEN "\n"
+                "      --no-reachability-check  do not ask peers to connect back to the announced address\n"
+                "                         (by default, when none of them can, the node runs in client\n"
+                "                         mode and says so, and checks again every 10 minutes)\n"
                 "%s",
                 common);
         break;
@@ -249,6 +255,7 @@ static int parse_args(int argc, char **argv, dopts_t *o)
         { "initial-peers", required_argument, NULL, 'p' },
         { "new-swarm", no_argument, NULL, 'n' },
         { "client-mode", no_argument, NULL, 'C' },
+        { "no-reachability-check", no_argument, NULL, 'R' },
         { "table", required_argument, NULL, 'T' },
         { "ttl", required_argument, NULL, 't' },
         { "timeout", required_argument, NULL, 'w' },
@@ -268,6 +275,7 @@ static int parse_args(int argc, char **argv, dopts_t *o)
         case 'a': o->announce = optarg; break;
         case 'n': o->new_swarm = 1; break;
         case 'C': o->client_mode = 1; break;
+        case 'R': o->no_reach_check = 1; break;
         case 'T':
             if (!optarg[0])
                 return bad_usage(o->sub, "--table wants a file name%s", "");
@@ -747,8 +755,11 @@ static void on_boot(int status, uint32_t peers, void *arg)
     if (c->o->sub == SUB_SERVE) {
         static int first = 1;
         if (first) {
-            printf("joined: %u of %zu initial peers answered, %zu contacts in the routing table\n", peers,
-                   c->o->npeers, known);
+            const char *mode = !sw_dht_is_client(c->dht) ? "full node"
+                               : c->o->client_mode || !c->o->listen ? "client mode"
+                               : "client mode: no peer could connect back to the announced address";
+            printf("joined: %u of %zu initial peers answered, %zu contacts in the routing table; %s\n", peers,
+                   c->o->npeers, known, mode);
             fflush(stdout);
             first = 0;
         }
@@ -824,6 +835,8 @@ static int run(ctx_t *c)
     dopt.client_mode = o->client_mode || !o->listen;
     dopt.announce_addr = dopt.client_mode ? NULL : c->announce;
     dopt.table_path = c->table_path[0] ? c->table_path : NULL;
+    dopt.reachability_check = o->sub == SUB_SERVE && !o->no_reach_check;
+    dopt.swarm_key = c->has_key ? c->swarm_key : NULL;
     if ((r = sw_dht_new(&c->loop, c->node, &c->id, &dopt, &c->dht)) < 0) {
         fail(c, "cannot start the DHT", r);
         goto out_node;

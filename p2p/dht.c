@@ -1,6 +1,7 @@
 /*
  * dht.c - the DHT on the network: request handlers, outgoing calls, iterative lookups, put/get,
- * bootstrap, and the periodic jobs (expiry every second, bucket refresh, republish). See dht.h.
+ * bootstrap, the reachability check and the dial-backs it asks of others, and the periodic jobs
+ * (expiry every second, bucket refresh, republish, reachability). See dht.h.
  * Everything in this file runs on the node's loop thread.
  *
  * Messages (proto/dht.proto) travel as the raw payload of unary calls, so a store of many large
@@ -31,6 +32,8 @@
 #define M_FIND_VALUE "dht.find_value"
 #define M_STORE "dht.store"
 #define M_NODES "dht.nodes"
+#define M_DIALBACK "dht.dialback"
+#define DIALBACK_INFLIGHT 16 /* dial-backs this node runs at once for all peers together */
 
 enum {
     K_PING = SW_DHT_REQ_PING,
@@ -38,12 +41,14 @@ enum {
     K_FIND_VALUE = SW_DHT_REQ_FIND_VALUE,
     K_STORE = SW_DHT_REQ_STORE,
     K_NODES = SW_DHT_REQ_NODES,
+    K_DIALBACK = SW_DHT_REQ_DIALBACK,
 };
-enum { OP_FIND_NODE, OP_GET, OP_PUT, OP_BOOT, OP_PING, OP_NODES };
+enum { OP_FIND_NODE, OP_GET, OP_PUT, OP_BOOT, OP_PING, OP_NODES, OP_PROBE };
 enum { C_NEW, C_WAIT, C_OK, C_FAIL };
 
 typedef struct rpc rpc_t;
 typedef struct op op_t;
+typedef struct dialback dialback_t;
 typedef void (*rpc_cb)(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp);
 
 struct rpc {
@@ -56,6 +61,7 @@ struct rpc {
     uint8_t *req;
     size_t req_len;
     sw_p2p_call_t *call;
+    uint32_t timeout_ms;
     uint8_t *resp;
     size_t resp_len;
     rpc_cb cb;
@@ -100,7 +106,22 @@ struct op {
     sw_dht_node_info_t *nodes; /* OP_NODES: n_nodes entries, addresses in node_addrs */
     char (*node_addrs)[SW_DHT_ADDR_MAX];
     size_t n_nodes, nodes_total;
+    sw_dht_reach_cb reach_cb; /* OP_PROBE */
+    uint32_t yes, no;         /* OP_PROBE: asked peers that could / could not connect back */
+    int reach;                /* OP_PROBE: the state after it */
+    op_t *boot;               /* OP_PROBE: the bootstrap waiting for it (NULL: none) */
     void *arg;
+};
+
+/* A dial-back this node runs for a peer that asked (see "dial-back" below). */
+struct dialback {
+    dialback_t *prev, *next;
+    sw_dht_t *d;
+    sw_p2p_call_t *call;  /* the peer's request; NULL once answered or gone */
+    sw_identity_t eph;    /* throwaway identity of the dialing node */
+    sw_p2p_node_t *node;  /* the dialing node (its own, so the connection is a fresh one) */
+    uv_timer_t timer;     /* the deadline, then the deferred close */
+    int answered, closing, pending;
 };
 
 struct sw_dht {
@@ -116,8 +137,16 @@ struct sw_dht {
     sw_dht_store_t mine;  /* records this node published, republished until they expire */
     sw_dht_limits_t lim;
     sw_dht_rate_t rate;
-    uv_timer_t t_expire, t_refresh, t_republish, t_defer, t_save;
+    uv_timer_t t_expire, t_refresh, t_republish, t_defer, t_save, t_probe;
     int handles, closing;
+    int auto_reach;        /* opts.reachability_check and not forced into client mode */
+    int reach;             /* SW_DHT_REACH_* */
+    int client;            /* acting as a client now: forced, or not (yet) known to be reachable */
+    op_t *probe;           /* the reachability check running, or NULL */
+    dialback_t *dbs;       /* dial-backs running for others */
+    uint32_t ndbs;
+    uint8_t swarm_key[32];
+    int has_key;
     rpc_t *rpcs;
     op_t *ops, *done_ops;
     uint32_t nops;
@@ -127,6 +156,7 @@ struct sw_dht {
 };
 
 static void op_step(op_t *op);
+static void dht_unref(sw_dht_t *d);
 
 uint64_t sw_dht_now_ms(void)
 {
@@ -154,6 +184,10 @@ void sw_dht_opts_default(sw_dht_opts_t *o)
     o->store_burst = 200;
     o->find_rate = 200;
     o->find_burst = 800;
+    o->reachability_check = 0;
+    o->reachability_ms = 600000;
+    o->dialback_timeout_ms = 5000;
+    o->dialback_per_min = 6;
 }
 
 /* ======================================================================== outgoing calls */
@@ -178,7 +212,7 @@ static void rpc_unlink(sw_dht_t *d, rpc_t *q)
 
 int sw_dht_request_check(const Swarmd__Dht__Request *req, int kind, uint32_t max_subkeys)
 {
-    if ((!req->client_mode && !sw_dht_addr_ok(req->sender_addr)) ||
+    if (((!req->client_mode || kind == K_DIALBACK) && !sw_dht_addr_ok(req->sender_addr)) ||
         (kind == K_FIND_NODE && req->target.len != SW_DHT_ID_LEN) ||
         ((kind == K_FIND_VALUE || kind == K_STORE) && (req->key.len == 0 || req->key.len > SW_DHT_KEY_MAX)) ||
         (kind == K_STORE && (req->n_records == 0 || req->n_records > max_subkeys)) ||
@@ -298,7 +332,7 @@ static void rpc_on_conn(sw_p2p_conn_t *conn, int status, void *arg)
         q->peer = *sw_p2p_conn_peer(conn);
         q->has_peer = 1;
     }
-    r = sw_p2p_call_start(conn, q->method, d->o.rpc_timeout_ms, &cbs, q, &q->call);
+    r = sw_p2p_call_start(conn, q->method, q->timeout_ms, &cbs, q, &q->call);
     if (r < 0) {
         q->local_fail = r == SW_ELIMIT;
         rpc_finish(q, r);
@@ -318,14 +352,15 @@ static void rpc_on_conn(sw_p2p_conn_t *conn, int status, void *arg)
 }
 
 /*
- * Packs req (sender fields filled in here) into a buffer the caller frees with sw_free.
+ * Packs req (sender fields filled in here) into a buffer the caller frees with sw_free. A client
+ * sends no address, except in a dial-back request (with_addr), whose point is that address.
  */
-static uint8_t *req_pack(sw_dht_t *d, Swarmd__Dht__Request *req, size_t *len)
+static uint8_t *req_pack_addr(sw_dht_t *d, Swarmd__Dht__Request *req, size_t *len, int with_addr)
 {
     uint8_t *buf;
 
-    req->sender_addr = d->o.client_mode ? (char *)"" : d->announce;
-    req->client_mode = d->o.client_mode != 0;
+    req->sender_addr = d->client && !with_addr ? (char *)"" : d->announce;
+    req->client_mode = d->client != 0;
     req->now_ms = sw_dht_now_ms();
     *len = swarmd__dht__request__get_packed_size(req);
     buf = sw_malloc(*len ? *len : 1);
@@ -334,13 +369,18 @@ static uint8_t *req_pack(sw_dht_t *d, Swarmd__Dht__Request *req, size_t *len)
     return buf;
 }
 
+static uint8_t *req_pack(sw_dht_t *d, Swarmd__Dht__Request *req, size_t *len)
+{
+    return req_pack_addr(d, req, len, 0);
+}
+
 /*
  * Calls `method` on the peer at addr (peer NULL: whoever answers there) with the packed request
- * (copied). Returns 0 and later runs cb exactly once (unless the DHT is closed first), or an error
- * without running it.
+ * (copied), giving it timeout_ms. Returns 0 and later runs cb exactly once (unless the DHT is closed
+ * first), or an error without running it.
  */
-static int rpc_start(sw_dht_t *d, const sw_peer_id_t *peer, const char *addr, const char *method,
-                     const uint8_t *req, size_t req_len, rpc_cb cb, void *arg)
+static int rpc_start_to(sw_dht_t *d, const sw_peer_id_t *peer, const char *addr, const char *method,
+                        const uint8_t *req, size_t req_len, uint32_t timeout_ms, rpc_cb cb, void *arg)
 {
     char target[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX + 2], text[SW_PEER_ID_TEXT_MAX];
     rpc_t *q;
@@ -361,6 +401,7 @@ static int rpc_start(sw_dht_t *d, const sw_peer_id_t *peer, const char *addr, co
     q->d = d;
     q->cb = cb;
     q->arg = arg;
+    q->timeout_ms = timeout_ms;
     snprintf(q->addr, sizeof(q->addr), "%s", addr);
     snprintf(q->method, sizeof(q->method), "%s", method);
     if (peer) {
@@ -382,6 +423,12 @@ static int rpc_start(sw_dht_t *d, const sw_peer_id_t *peer, const char *addr, co
     d->rpcs = q;
     d->st.rpcs_sent++;
     return 0;
+}
+
+static int rpc_start(sw_dht_t *d, const sw_peer_id_t *peer, const char *addr, const char *method,
+                     const uint8_t *req, size_t req_len, rpc_cb cb, void *arg)
+{
+    return rpc_start_to(d, peer, addr, method, req, req_len, d->o.rpc_timeout_ms, cb, arg);
 }
 
 /* ======================================================================== routing updates */
@@ -446,6 +493,11 @@ static void srv_request(sw_p2p_call_t *call, sw_p2p_msg_t *m, sw_dht_t *d, int k
     d->st.requests++;
     if (d->closing) {
         sw_p2p_call_end(call, SW_ESTATE, "closing");
+        return;
+    }
+    if (d->reach == SW_DHT_REACH_NO) {
+        /* a client serves nobody; only peers it called could ask it anything anyway */
+        sw_p2p_call_end(call, SW_ESTATE, "client mode");
         return;
     }
     if (!sw_dht_rate_take(&d->rate, peer, kind == K_STORE ? SW_DHT_RATE_STORE : SW_DHT_RATE_FIND,
@@ -615,6 +667,206 @@ SRV(find_value, K_FIND_VALUE)
 SRV(store, K_STORE)
 SRV(nodes, K_NODES)
 
+/* ======================================================================== dial-back (for others)
+ *
+ * A peer asks "dht.dialback": can a fresh connection reach me at my announced address? This node
+ * connects to the address in the request, pinned to the peer id the asking connection proved, from
+ * a node of its own with a throwaway identity (the p2p layer would otherwise hand back the
+ * connection the request came on, which proves nothing, or treat the new one as its duplicate),
+ * and answers reachable when the handshake finishes within dialback_timeout_ms.
+ *
+ * Why this cannot be turned against third parties: the only address dialled is the one the
+ * requester claims as its own, and the handshake must prove the requester's key, so naming a
+ * victim's address gets the victim one TCP connection that fails its handshake at once (the pin does
+ * not match) and tells the requester only "unreachable", never anything about the victim. Each
+ * request dials once; each peer may ask a burst of 2 and then dialback_per_min a minute
+ * (SW_DHT_RATE_DIALBACK), and at most DIALBACK_INFLIGHT dial-backs run at once whoever asks, so even
+ * many identities together get a bounded trickle of connection attempts out of this node: fewer
+ * than they could make by connecting to the victim themselves.
+ */
+
+static void db_noop_msg(sw_p2p_call_t *call, sw_p2p_msg_t *m, void *arg) {}
+static void db_noop_end(sw_p2p_call_t *call, int status, const char *error, void *arg) {}
+static const sw_p2p_call_cbs_t db_gone_cbs = { db_noop_msg, db_noop_end, NULL, NULL };
+
+/* Answers the asking peer once (when its call is still open). */
+static void db_answer(dialback_t *db, int status)
+{
+    Swarmd__Dht__Response resp = SWARMD__DHT__RESPONSE__INIT;
+    sw_p2p_call_t *call = db->call;
+    sw_dht_t *d = db->d;
+    uint8_t *out;
+    size_t len;
+
+    if (db->answered)
+        return;
+    db->answered = 1;
+    d->st.dialbacks++;
+    d->st.dialbacks_ok += status == 0;
+    if (!call)
+        return;
+    db->call = NULL;
+    sw_p2p_call_set_cbs(call, &db_gone_cbs, NULL);
+    resp.now_ms = sw_dht_now_ms();
+    resp.reachable = status == 0;
+    resp.dialback_status = status;
+    len = swarmd__dht__response__get_packed_size(&resp);
+    out = sw_malloc(len ? len : 1);
+    if (!out) {
+        sw_p2p_call_end(call, -ENOMEM, "out of memory");
+        return;
+    }
+    swarmd__dht__response__pack(&resp, out);
+    if (sw_p2p_call_send(call, NULL, 0, out, len, SW_P2P_SEND_TAKE) == 0)
+        sw_p2p_call_end(call, 0, NULL);
+    else
+        sw_p2p_call_cancel(call);
+}
+
+static void db_release(dialback_t *db)
+{
+    sw_dht_t *d = db->d;
+
+    if (--db->pending > 0)
+        return;
+    if (db->prev)
+        db->prev->next = db->next;
+    else
+        d->dbs = db->next;
+    if (db->next)
+        db->next->prev = db->prev;
+    d->ndbs--;
+    sw_identity_wipe(&db->eph);
+    sw_free(db);
+    dht_unref(d);
+}
+
+static void db_timer_closed(uv_handle_t *h) { db_release(h->data); }
+static void db_node_closed(void *arg) { db_release(arg); }
+
+/* Closes the dialing node (its connection goes with it) and the timer; db is freed after both. */
+static void db_close(dialback_t *db)
+{
+    if (db->closing)
+        return;
+    db->closing = 1;
+    db->pending = 2;
+    uv_timer_stop(&db->timer);
+    uv_close((uv_handle_t *)&db->timer, db_timer_closed);
+    sw_p2p_node_close(db->node, db_node_closed, db); /* may run db_conn with -ECANCELED first */
+}
+
+/* The deadline passed (the answer is "unreachable"), or the deferred close after an answer. */
+static void db_timer_cb(uv_timer_t *t)
+{
+    dialback_t *db = t->data;
+
+    db_answer(db, sw_err(-ETIMEDOUT, "no handshake within %u ms", db->d->o.dialback_timeout_ms));
+    db_close(db);
+}
+
+static void db_conn(sw_p2p_conn_t *conn, int status, void *arg)
+{
+    dialback_t *db = arg;
+
+    if (db->closing)
+        return;
+    db_answer(db, status < 0 ? status : (conn ? 0 : -ECONNRESET));
+    /* not from inside the p2p layer's callback: close on the next loop turn */
+    uv_timer_start(&db->timer, db_timer_cb, 0, 0);
+}
+
+static void db_call_done(sw_p2p_call_t *call, int status, void *arg)
+{
+    ((dialback_t *)arg)->call = NULL; /* the asker gave up or went away; the dial finishes unheard */
+}
+
+static void srv_msg_dialback(sw_p2p_call_t *call, sw_p2p_msg_t *m, void *arg)
+{
+    static const sw_p2p_call_cbs_t cbs = { db_noop_msg, db_noop_end, db_call_done, NULL };
+    sw_dht_t *d = arg;
+    const sw_peer_id_t *peer = sw_p2p_conn_peer(sw_p2p_call_conn(call));
+    Swarmd__Dht__Request *req = NULL;
+    char target[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX + 2], text[SW_PEER_ID_TEXT_MAX];
+    sw_p2p_limits_t lim;
+    dialback_t *db = NULL;
+    int r;
+
+    d->st.requests++;
+    if (d->closing) {
+        sw_p2p_call_end(call, SW_ESTATE, "closing");
+        return;
+    }
+    if (d->reach == SW_DHT_REACH_NO) {
+        sw_p2p_call_end(call, SW_ESTATE, "client mode");
+        return;
+    }
+    if (!sw_dht_rate_take(&d->rate, peer, SW_DHT_RATE_DIALBACK, uv_now(d->loop)) || d->ndbs >= DIALBACK_INFLIGHT) {
+        d->st.rate_limited++;
+        sw_p2p_call_end(call, SW_ELIMIT, "rate limited");
+        return;
+    }
+    if (m->payload_len > MSG_MAX || m->payload_len == 0) {
+        srv_refuse(d, call, SW_ELIMIT, "request size");
+        return;
+    }
+    req = swarmd__dht__request__unpack(&sw_pb_allocator, m->payload_len, m->payload);
+    if (!req) {
+        srv_refuse(d, call, SW_EFORMAT, "malformed request");
+        return;
+    }
+    if (sw_dht_request_check(req, K_DIALBACK, d->o.max_subkeys) < 0) {
+        srv_refuse(d, call, SW_EFORMAT, "bad request fields");
+        goto out;
+    }
+    sw_peer_id_text(peer, text);
+    snprintf(target, sizeof(target), "%s@%s", text, req->sender_addr);
+    db = sw_calloc(1, sizeof(*db));
+    if (!db) {
+        srv_refuse(d, call, -ENOMEM, "out of memory");
+        goto out;
+    }
+    db->d = d;
+    sw_identity_generate(&db->eph);
+    sw_p2p_limits_default(&lim);
+    lim.max_conns = 1;
+    lim.handshake_timeout_ms = d->o.dialback_timeout_ms;
+    lim.keepalive_ms = 0;
+    if ((r = sw_p2p_node_new(d->loop, &db->eph, d->has_key ? d->swarm_key : NULL, &lim, &db->node)) < 0) {
+        sw_identity_wipe(&db->eph);
+        sw_free(db);
+        srv_refuse(d, call, r, "cannot dial back");
+        goto out;
+    }
+    db->next = d->dbs;
+    if (d->dbs)
+        d->dbs->prev = db;
+    d->dbs = db;
+    d->ndbs++;
+    d->handles++; /* the DHT is freed only after every dial-back is */
+    uv_timer_init(d->loop, &db->timer);
+    db->timer.data = db;
+    db->call = call;
+    sw_p2p_call_set_cbs(call, &cbs, db);
+    SW_LOG_D("dht", "dialling %s back at %s", text, req->sender_addr);
+    r = sw_p2p_connect(db->node, target, db_conn, db);
+    if (r < 0) {
+        db_answer(db, r);
+        db_close(db);
+    } else {
+        uv_timer_start(&db->timer, db_timer_cb, d->o.dialback_timeout_ms, 0);
+    }
+out:
+    if (req)
+        swarmd__dht__request__free_unpacked(req, &sw_pb_allocator);
+}
+
+static void srv_open_dialback(sw_p2p_call_t *call, const char *method, void *arg)
+{
+    static const sw_p2p_call_cbs_t cbs = { srv_msg_dialback, srv_end, NULL, NULL };
+    sw_p2p_call_set_cbs(call, &cbs, arg);
+}
+
 /* ======================================================================== operations */
 
 static void defer_cb(uv_timer_t *t);
@@ -722,6 +974,8 @@ static void op_report(op_t *op)
     } else if (op->type == OP_NODES && op->nodes_cb) {
         op->nodes_cb(op->status, op->status == 0 ? &op->peer : NULL, op->nodes, op->status == 0 ? op->n_nodes : 0,
                      op->nodes_total, op->arg);
+    } else if (op->type == OP_PROBE && op->reach_cb) {
+        op->reach_cb(op->status, op->yes, op->no, op->reach, op->arg);
     }
 }
 
@@ -827,7 +1081,7 @@ static void put_store_phase(op_t *op)
                       op) == 0)
             op->inflight++;
     }
-    if (!d->o.client_mode) {
+    if (!d->client) {
         /* this node is among the k closest when fewer answered or it is closer than the k-th */
         size_t okn = 0, last = 0;
         for (size_t i = 0; i < op->nc; i++)
@@ -960,7 +1214,152 @@ static void op_step(op_t *op)
     op_finish(op, op->status);
 }
 
+/* ---- reachability: ask peers to dial this node back ---- */
+
+/* The check is over: the node's mode follows, the user hears of a change, and a bootstrap waiting for
+ * it goes on (its lookup of the own id announces the node when reachable). */
+static void probe_finish(op_t *op)
+{
+    sw_dht_t *d = op->d;
+    op_t *boot = op->boot;
+    int was = d->reach;
+    uint32_t asked = op->info.msgs;
+
+    d->probe = NULL;
+    if (op->yes)
+        d->reach = SW_DHT_REACH_YES;
+    else if (op->no)
+        d->reach = SW_DHT_REACH_NO;
+    else if (d->reach == SW_DHT_REACH_UNKNOWN)
+        d->reach = SW_DHT_REACH_YES; /* nobody could tell (the first node of a swarm): assume reachable */
+    d->client = d->o.client_mode || d->reach != SW_DHT_REACH_YES;
+    op->reach = d->reach;
+    if (d->reach == SW_DHT_REACH_NO && was != SW_DHT_REACH_NO)
+        SW_LOG_W("dht", "none of %u peers asked could connect back to %s: running in client mode (lookups and "
+                        "stores work, but no routing table lists this node); open that TCP port to inbound "
+                        "connections or pass --announce HOST:PORT with an address others can reach; checking "
+                        "again every %u s", op->no, d->announce, d->o.reachability_ms / 1000);
+    else if (d->reach == SW_DHT_REACH_YES && was == SW_DHT_REACH_NO)
+        SW_LOG_W("dht", "%u of %u peers asked connected back to %s: reachable now, a full DHT node again", op->yes,
+                 asked, d->announce);
+    else if (d->reach == SW_DHT_REACH_YES && was == SW_DHT_REACH_UNKNOWN && op->yes)
+        SW_LOG_I("dht", "%u of %u peers asked connected back to %s: reachable, a full DHT node", op->yes, asked,
+                 d->announce);
+    else if (d->reach == SW_DHT_REACH_YES && was == SW_DHT_REACH_UNKNOWN)
+        SW_LOG_I("dht", "no peer could check whether %s is reachable (none asked answered): assuming it is",
+                 d->announce);
+    op_finish(op, op->yes + op->no ? 0 : -EHOSTUNREACH);
+    if (boot) {
+        boot->phase = 2;
+        lookup_seed(boot);
+        op_step(boot);
+    } else if (was != SW_DHT_REACH_YES && d->reach == SW_DHT_REACH_YES && !d->closing) {
+        /* announce: the k closest nodes learn this node from the lookup of its own id */
+        op_t *ann = op_new(d, OP_FIND_NODE);
+        if (ann) {
+            ann->target = d->self;
+            lookup_seed(ann);
+            op_step(ann);
+        }
+    }
+}
+
+static void probe_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp)
+{
+    op_t *op = q->arg;
+    char text[SW_PEER_ID_SHORT_MAX];
+
+    op->inflight--;
+    if (status == 0) {
+        op->info.answered++;
+        if (resp->reachable) {
+            op->yes++;
+        } else {
+            op->no++;
+            sw_peer_id_short(&q->peer, text);
+            SW_LOG_I("dht", "peer %s could not connect back to %s: %s", text, d->announce,
+                     sw_strerror(resp->dialback_status < 0 ? resp->dialback_status : SW_EFORMAT));
+        }
+        note_seen(d, &q->peer, q->addr);
+    } else {
+        op->info.failed++;
+    }
+    if (op->inflight == 0)
+        probe_finish(op);
+}
+
+/* Asks up to SW_DHT_PROBE_ASK contacts (the closest to this node's id) to dial it back. */
+static int probe_start(sw_dht_t *d, op_t *boot, sw_dht_reach_cb cb, void *arg)
+{
+    Swarmd__Dht__Request req = SWARMD__DHT__REQUEST__INIT;
+    sw_dht_contact_t close[SW_DHT_PROBE_ASK];
+    uint8_t *buf;
+    size_t len, n;
+    op_t *op;
+
+    if (d->closing || d->o.client_mode || d->probe)
+        return SW_ESTATE;
+    if (!(op = op_new(d, OP_PROBE)))
+        return -ENOMEM;
+    op->reach_cb = cb;
+    op->arg = arg;
+    op->boot = boot;
+    d->probe = op;
+    d->st.probes++;
+    n = sw_dht_table_closest(&d->table, &d->self, close, SW_DHT_PROBE_ASK);
+    buf = req_pack_addr(d, &req, &len, 1);
+    for (size_t i = 0; buf && i < n; i++) {
+        if (rpc_start_to(d, &close[i].peer, close[i].addr, M_DIALBACK, buf, len,
+                         d->o.dialback_timeout_ms + d->o.rpc_timeout_ms, probe_done, op) == 0) {
+            op->inflight++;
+            op->info.msgs++;
+        }
+    }
+    sw_free(buf);
+    if (op->inflight == 0)
+        probe_finish(op);
+    return 0;
+}
+
+static void probe_tick(uv_timer_t *t)
+{
+    sw_dht_t *d = t->data;
+
+    if (!d->probe)
+        probe_start(d, NULL, NULL, NULL);
+}
+
+int sw_dht_check_reachability(sw_dht_t *d, sw_dht_reach_cb cb, void *arg)
+{
+    if (d->closing || d->o.client_mode || d->probe)
+        return sw_err(SW_ESTATE, "a reachability check runs already, or the node is a client by choice");
+    return probe_start(d, NULL, cb, arg);
+}
+
+int sw_dht_reachability(const sw_dht_t *d)
+{
+    return d->reach;
+}
+
+int sw_dht_is_client(const sw_dht_t *d)
+{
+    return d->client;
+}
+
 /* ---- bootstrap ---- */
+
+/* The initial peers answered (or not): check reachability first when asked to, then look up the
+ * own id, which fills the buckets (and puts this node in others' tables unless it is a client). */
+static void boot_pinged(op_t *op)
+{
+    sw_dht_t *d = op->d;
+
+    op->phase = 2;
+    if (d->auto_reach && probe_start(d, op, NULL, NULL) == 0)
+        return; /* probe_finish goes on */
+    lookup_seed(op);
+    op_step(op);
+}
 
 static void boot_ping_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Response *resp)
 {
@@ -973,9 +1372,7 @@ static void boot_ping_done(sw_dht_t *d, rpc_t *q, int status, Swarmd__Dht__Respo
     }
     if (op->inflight > 0)
         return;
-    op->phase = 2; /* now look up our own id */
-    lookup_seed(op);
-    op_step(op);
+    boot_pinged(op);
 }
 
 int sw_dht_bootstrap(sw_dht_t *d, const char *const *addrs, size_t n, sw_dht_bootstrap_cb cb, void *arg)
@@ -1021,11 +1418,8 @@ int sw_dht_bootstrap(sw_dht_t *d, const char *const *addrs, size_t n, sw_dht_boo
             op->inflight++;
     }
     sw_free(buf);
-    if (op->inflight == 0) {
-        op->phase = 2;
-        lookup_seed(op);
-        op_step(op);
-    }
+    if (op->inflight == 0)
+        boot_pinged(op);
     return 0;
 }
 
@@ -1454,6 +1848,16 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
     d->o.table_path = NULL;
     if (opts->announce_addr)
         snprintf(d->announce, sizeof(d->announce), "%s", opts->announce_addr);
+    if (opts->swarm_key) {
+        memcpy(d->swarm_key, opts->swarm_key, sizeof(d->swarm_key));
+        d->has_key = 1;
+    }
+    d->o.swarm_key = NULL;
+    if (d->o.dialback_timeout_ms == 0)
+        d->o.dialback_timeout_ms = 5000;
+    d->auto_reach = opts->reachability_check && !opts->client_mode;
+    d->reach = opts->client_mode || d->auto_reach ? SW_DHT_REACH_UNKNOWN : SW_DHT_REACH_YES;
+    d->client = d->reach != SW_DHT_REACH_YES;
     if (opts->table_path && !(d->table_path = sw_strdup(opts->table_path))) {
         sw_free(d);
         return -ENOMEM;
@@ -1466,6 +1870,7 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
     sw_dht_id_of_peer(&id->id, &d->self);
     sw_dht_table_init(&d->table, &d->self, opts->k);
     sw_dht_rate_init(&d->rate, opts->store_rate, opts->store_burst, opts->find_rate, opts->find_burst);
+    sw_dht_rate_set(&d->rate, SW_DHT_RATE_DIALBACK, opts->dialback_per_min / 60.0, 2);
     if ((r = sw_dht_store_init(&d->store, &d->lim)) < 0)
         goto fail;
     {
@@ -1484,7 +1889,8 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
             (r = sw_p2p_node_handle(node, M_FIND_NODE, srv_open_find_node, d)) < 0 ||
             (r = sw_p2p_node_handle(node, M_FIND_VALUE, srv_open_find_value, d)) < 0 ||
             (r = sw_p2p_node_handle(node, M_STORE, srv_open_store, d)) < 0 ||
-            (r = sw_p2p_node_handle(node, M_NODES, srv_open_nodes, d)) < 0)
+            (r = sw_p2p_node_handle(node, M_NODES, srv_open_nodes, d)) < 0 ||
+            (r = sw_p2p_node_handle(node, M_DIALBACK, srv_open_dialback, d)) < 0)
             goto fail;
     }
     uv_timer_init(loop, &d->t_expire);
@@ -1492,8 +1898,10 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
     uv_timer_init(loop, &d->t_republish);
     uv_timer_init(loop, &d->t_defer);
     uv_timer_init(loop, &d->t_save);
+    uv_timer_init(loop, &d->t_probe);
     d->t_expire.data = d->t_refresh.data = d->t_republish.data = d->t_defer.data = d->t_save.data = d;
-    d->handles = 5;
+    d->t_probe.data = d;
+    d->handles = 6;
     uv_timer_start(&d->t_expire, expire_tick, EXPIRE_TICK_MS, EXPIRE_TICK_MS);
     if (d->o.refresh_ms)
         uv_timer_start(&d->t_refresh, refresh_tick, d->o.refresh_ms / 4 + 1, d->o.refresh_ms / 4 + 1);
@@ -1501,6 +1909,8 @@ int sw_dht_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_identity_t *id, co
         uv_timer_start(&d->t_republish, republish_tick, d->o.republish_ms, d->o.republish_ms);
     if (d->o.table_save_ms && d->table_path)
         uv_timer_start(&d->t_save, save_tick, d->o.table_save_ms, d->o.table_save_ms);
+    if (d->auto_reach && d->o.reachability_ms)
+        uv_timer_start(&d->t_probe, probe_tick, d->o.reachability_ms, d->o.reachability_ms);
     *out = d;
     return 0;
 fail:
@@ -1510,19 +1920,25 @@ fail:
     sw_dht_store_free(&d->store);
     sw_dht_store_free(&d->mine);
     sw_free(d->table_path);
+    sodium_memzero(d->swarm_key, sizeof(d->swarm_key));
     sw_free(d);
     return r;
 }
 
-static void timer_closed(uv_handle_t *h)
+/* One of the handles (timers, dial-backs) the DHT waits for is gone; the last frees it. */
+static void dht_unref(sw_dht_t *d)
 {
-    sw_dht_t *d = h->data;
-
     if (--d->handles > 0)
         return;
     if (d->close_done)
         d->close_done(d->close_arg);
+    sodium_memzero(d->swarm_key, sizeof(d->swarm_key));
     sw_free(d);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    dht_unref(h->data);
 }
 
 void sw_dht_close(sw_dht_t *d, void (*done)(void *arg), void *arg)
@@ -1558,6 +1974,18 @@ void sw_dht_close(sw_dht_t *d, void (*done)(void *arg), void *arg)
         op_report(op);
         op_free(op);
     }
+    d->probe = NULL;
+    /* dial-backs for others: their callers are gone with the node; each holds a handle */
+    for (dialback_t *db = d->dbs, *next; db; db = next) {
+        next = db->next;
+        if (db->call) {
+            sw_p2p_call_set_cbs(db->call, &db_gone_cbs, NULL);
+            sw_p2p_call_cancel(db->call);
+            db->call = NULL;
+        }
+        db->answered = 1;
+        db_close(db);
+    }
     sw_dht_table_free(&d->table);
     sw_dht_store_free(&d->store);
     sw_dht_store_free(&d->mine);
@@ -1568,6 +1996,7 @@ void sw_dht_close(sw_dht_t *d, void (*done)(void *arg), void *arg)
     uv_close((uv_handle_t *)&d->t_republish, timer_closed);
     uv_close((uv_handle_t *)&d->t_defer, timer_closed);
     uv_close((uv_handle_t *)&d->t_save, timer_closed);
+    uv_close((uv_handle_t *)&d->t_probe, timer_closed);
 }
 
 int sw_dht_save_table(sw_dht_t *d)

@@ -13,8 +13,16 @@
  * Threads: everything runs on the node's loop thread, callbacks included. Callbacks never run
  * before the call that started them returns.
  *
+ * Reachability: a node that announces an address nobody can connect to would poison every routing
+ * table it enters. With opts.reachability_check, the node asks up to SW_DHT_PROBE_ASK of its contacts
+ * ("dht.dialback") to open a fresh connection to its announced address and finish a handshake with
+ * its peer id; until one of them succeeds it takes part as a client (its requests say so, so nobody
+ * lists it). The check runs at each bootstrap (before the lookup that announces the node) and every
+ * reachability_ms; a node none of whose asked peers could reach it stays or becomes a client, and one
+ * that becomes reachable turns into a full node again and announces itself.
+ *
  * Lifetime: the DHT registers handlers on the node ("dht.ping", "dht.find_node", "dht.find_value",
- * "dht.store", "dht.nodes"), and rpc.h has no way to unregister them, so the node must be closed first:
+ * "dht.store", "dht.nodes", "dht.dialback"), and rpc.h has no way to unregister them, so the node must be closed first:
  * sw_p2p_node_close(node, ...) ends every call and connect of the DHT (running puts and gets end
  * with what they have), and from its done callback (or later) sw_dht_close() frees the DHT.
  */
@@ -61,6 +69,15 @@ typedef struct {
     uint32_t max_value;       /* value bytes (SW_DHT_VALUE_MAX, which is also the most it may be) */
     /* Token buckets per peer: requests per second and burst, for STORE and for FIND/PING. */
     uint32_t store_rate, store_burst, find_rate, find_burst;
+    /* Automatic client mode (see "Reachability" above; off by default, `swarmd dht serve` turns it on).
+     * Ignored with client_mode. */
+    int reachability_check;
+    uint32_t reachability_ms;     /* the check runs again this often (600000; 0: only at bootstrap) */
+    uint32_t dialback_timeout_ms; /* an asked node gives up connecting back after this (5000) */
+    uint32_t dialback_per_min;    /* dial-backs one peer may ask of this node a minute, after a burst of 2 (6) */
+    /* The swarm key (32 bytes, copied) the dial-back connection uses: the one the node was created
+     * with, or NULL for none. Without it a node of a private swarm cannot dial anyone back. */
+    const uint8_t *swarm_key;
 } sw_dht_opts_t;
 
 void sw_dht_opts_default(sw_dht_opts_t *o);
@@ -149,6 +166,22 @@ typedef void (*sw_dht_nodes_cb)(int status, const sw_peer_id_t *peer, const sw_d
                                 size_t total, void *arg);
 int sw_dht_nodes(sw_dht_t *dht, const char *addr, sw_dht_nodes_cb cb, void *arg);
 
+/*
+ * Reachability (opts.reachability_check). sw_dht_reachability: SW_DHT_REACH_UNKNOWN before the first
+ * check finished (or without the option: SW_DHT_REACH_YES unless client_mode), YES, or NO.
+ * sw_dht_is_client: the node acts as a client now (client_mode, or the check found it unreachable or
+ * has not finished). sw_dht_check_reachability runs the check now (even without the option): cb gets
+ * status 0 when at least one peer answered, `yes` and `no`, the peers that could / could not reach
+ * it, and the state after the check; SW_ESTATE when a check is running already or the node is in
+ * forced client mode. Returns 0 and later calls cb (may be NULL) once, or an error.
+ */
+enum { SW_DHT_REACH_UNKNOWN = 0, SW_DHT_REACH_YES = 1, SW_DHT_REACH_NO = 2 };
+#define SW_DHT_PROBE_ASK 3
+typedef void (*sw_dht_reach_cb)(int status, uint32_t yes, uint32_t no, int reach, void *arg);
+int sw_dht_reachability(const sw_dht_t *dht);
+int sw_dht_is_client(const sw_dht_t *dht);
+int sw_dht_check_reachability(sw_dht_t *dht, sw_dht_reach_cb cb, void *arg);
+
 /* Writes the owned subkey of `peer` ("peer:" + its 32 bytes) into out. */
 void sw_dht_owned_subkey(const sw_peer_id_t *peer, uint8_t out[SW_DHT_OWNED_SUBKEY_LEN]);
 
@@ -174,6 +207,8 @@ typedef struct {
     uint64_t records_stored, records_rejected; /* incoming records (rejected: bad signature, size...) */
     uint64_t lookups, lookup_msgs, lookup_hops;
     uint64_t records_held, bytes_held;         /* now */
+    uint64_t dialbacks, dialbacks_ok;          /* dial-backs done for others, and those that connected */
+    uint64_t probes;                           /* reachability checks this node ran */
 } sw_dht_stats_t;
 void sw_dht_stats(const sw_dht_t *dht, sw_dht_stats_t *out);
 

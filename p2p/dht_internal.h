@@ -164,7 +164,8 @@ int sw_dht_put_raw(sw_dht_t *dht, const void *key, size_t key_len, const sw_dht_
 /* ======================================================================== messages */
 
 /* The calls a node serves, as sw_dht_request_check knows them. */
-enum { SW_DHT_REQ_PING, SW_DHT_REQ_FIND_NODE, SW_DHT_REQ_FIND_VALUE, SW_DHT_REQ_STORE, SW_DHT_REQ_NODES };
+enum { SW_DHT_REQ_PING, SW_DHT_REQ_FIND_NODE, SW_DHT_REQ_FIND_VALUE, SW_DHT_REQ_STORE, SW_DHT_REQ_NODES,
+       SW_DHT_REQ_DIALBACK };
 
 struct Swarmd__Dht__Request;
 struct Swarmd__Dht__Response;
@@ -182,23 +183,26 @@ int sw_dht_response_check(const struct Swarmd__Dht__Response *r, uint32_t k, uin
 /* ======================================================================== rate limits */
 
 #define SW_DHT_RATE_SLOTS 1024
+#define SW_DHT_RATE_KINDS 3
 
 typedef struct {
     sw_peer_id_t peer;
-    double tokens[2];
+    double tokens[SW_DHT_RATE_KINDS];
     uint64_t last_ms;
     int used;
 } sw_dht_rate_slot_t;
 
 typedef struct {
-    double rate[2], burst[2];
+    double rate[SW_DHT_RATE_KINDS], burst[SW_DHT_RATE_KINDS];
     sw_dht_rate_slot_t slot[SW_DHT_RATE_SLOTS];
 } sw_dht_rate_t;
 
-enum { SW_DHT_RATE_STORE = 0, SW_DHT_RATE_FIND = 1 };
+enum { SW_DHT_RATE_STORE = 0, SW_DHT_RATE_FIND = 1, SW_DHT_RATE_DIALBACK = 2 };
 
+/* Sets STORE and FIND; DIALBACK starts unlimited until sw_dht_rate_set gives it a rate. */
 void sw_dht_rate_init(sw_dht_rate_t *r, double store_rate, double store_burst, double find_rate,
                       double find_burst);
+void sw_dht_rate_set(sw_dht_rate_t *r, int kind, double rate, double burst);
 /* Takes one token of `kind` for peer: 1 allowed, 0 over the limit. A full table recycles the slot of
  * the peer idle the longest (a new peer starts with a full bucket). */
 int sw_dht_rate_take(sw_dht_rate_t *r, const sw_peer_id_t *peer, int kind, uint64_t now_ms);

@@ -329,6 +329,14 @@ void sw_dht_rate_init(sw_dht_rate_t *r, double store_rate, double store_burst, d
     r->burst[SW_DHT_RATE_STORE] = store_burst;
     r->rate[SW_DHT_RATE_FIND] = find_rate;
     r->burst[SW_DHT_RATE_FIND] = find_burst;
+    r->rate[SW_DHT_RATE_DIALBACK] = 1e9;
+    r->burst[SW_DHT_RATE_DIALBACK] = 1e9;
+}
+
+void sw_dht_rate_set(sw_dht_rate_t *r, int kind, double rate, double burst)
+{
+    r->rate[kind] = rate;
+    r->burst[kind] = burst;
 }
 
 int sw_dht_rate_take(sw_dht_rate_t *r, const sw_peer_id_t *peer, int kind, uint64_t now_ms)
@@ -360,13 +368,13 @@ int sw_dht_rate_take(sw_dht_rate_t *r, const sw_peer_id_t *peer, int kind, uint6
         s = &r->slot[victim];
         s->used = 1;
         s->peer = *peer;
-        s->tokens[0] = r->burst[0];
-        s->tokens[1] = r->burst[1];
+        for (int k = 0; k < SW_DHT_RATE_KINDS; k++)
+            s->tokens[k] = r->burst[k];
         s->last_ms = now_ms;
     }
     if (now_ms > s->last_ms) {
         double dt = (double)(now_ms - s->last_ms) / 1000.0;
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < SW_DHT_RATE_KINDS; k++) {
             s->tokens[k] += dt * r->rate[k];
             if (s->tokens[k] > r->burst[k])
                 s->tokens[k] = r->burst[k];

@@ -3,7 +3,8 @@
 # `swarmd dht ping|get|put|nodes` commands against them: store on one node and read from another,
 # overwrite rules (the later expiration wins), expiry, owned subkeys (signed; a forged record for
 # another peer's subkey is refused by every node), a node killed with SIGKILL, a clean SIGTERM that
-# saves the routing table, and a restart from that table alone.
+# saves the routing table, a restart from that table alone, and the reachability check (a node
+# announcing an address nobody listens on runs in client mode and says what to do).
 # Every wait is a bounded poll on an observable event; all processes are killed on exit.
 set -u
 : "${SWARMD:?}"
@@ -163,6 +164,22 @@ grep -qE 'listening on .*\(([1-9][0-9]*) saved contacts' "$tmp/n2.out" && ok "re
 run "get through the restarted node" 0 dht get svc --initial-peers "${addr[2]}"
 has "value=v2 " "the restarted node finds the record"
 if poll 15 table_has "${addr[3]}" "${addr[2]#*@}"; then ok "node 3 knows the restarted node"; else bad "node 3's table"; fi
+
+# ---- reachability: a node announcing an address nobody listens on (dead node 1's) runs as a client
+grep -qF "; full node" "$tmp/n3.out" && ok "node 3 found itself reachable (full node)" || bad "node 3 full node"
+start 4 --initial-peers "${addr[3]}" --announce "${addr[1]#*@}"
+grep -qF "client mode: no peer could connect back" "$tmp/n4.out" && ok "node 4 runs in client mode" ||
+  bad "node 4 client mode"
+grep -qF -- "--announce HOST:PORT" "$tmp/n4.err" && ok "its log line says what to do" || bad "node 4 advice line"
+id4=$(sed -n 's/^peer id: //p' "$tmp/n4.out")
+if dht nodes "${addr[3]}" >"$tmp/out" 2>"$tmp/err" && [ -n "$id4" ] && ! grep -qF -- "$id4" "$tmp/out"; then
+  ok "node 3 does not list node 4"
+else bad "node 4 stays out of node 3's table"; fi
+run "a lookup through the client works" 0 dht get svc --initial-peers "${addr[3]}"
+start 5 --initial-peers "${addr[3]}" --announce "${addr[1]#*@}" --no-reachability-check
+grep -qF "; full node" "$tmp/n5.out" && ok "--no-reachability-check keeps a full node" || bad "node 5 full node"
+start 6 --initial-peers "${addr[3]}" --client-mode
+grep -qF "; client mode" "$tmp/n6.out" && ok "--client-mode forces client mode" || bad "node 6 client mode"
 
 # ---- unreachable node: a bounded failure with advice
 run "ping a dead address fails" 1 dht ping "${addr[1]#*@}" --count 1

@@ -6,6 +6,10 @@
  * oversized and flooding requests refused while the node keeps serving, and a swarm (200 nodes by
  * default, SW_DHT_N to change) where every sampled node finds records stored by others within
  * ~log2(N) hops, and still finds them after 30% of the nodes are killed and a republish round.
+ * Also dht.ping and dht.nodes between nodes, and the reachability check: a node announcing an address
+ * nobody listens on turns client and enters no routing table, a reachable one stays a full node, a
+ * node that becomes reachable turns full again; dial-back requests are rate-limited and dial only
+ * the asker's own peer id.
  * Every wait is bounded by a deadline.
  */
 #include <math.h>
@@ -431,6 +435,7 @@ typedef struct {
     sw_dht_t *dht;
     int port, alive, closed;
     char addr[64], full[128];
+    char announce[64]; /* set before node_start to announce something else than addr */
 } tnode_t;
 
 typedef struct {
@@ -470,7 +475,7 @@ static int node_start(swarm_t *s, int i, const sw_dht_opts_t *base)
     snprintf(t->addr, sizeof(t->addr), "127.0.0.1:%d", t->port);
     sw_peer_id_text(&t->id.id, pid);
     snprintf(t->full, sizeof(t->full), "%s@%s", pid, t->addr);
-    o.announce_addr = o.client_mode ? NULL : t->addr;
+    o.announce_addr = o.client_mode ? NULL : t->announce[0] ? t->announce : t->addr;
     if ((r = sw_dht_new(&s->loop, t->node, &t->id, &o, &t->dht)) < 0)
         return r;
     t->alive = 1;
@@ -1030,6 +1035,286 @@ static void test_client_mode(void)
     SW_CHECK(swarm_free(&s) == 0);
 }
 
+static void wait_idle(swarm_t *s, uint64_t ms);
+
+/* ---- dht.ping and dht.nodes between nodes ---- */
+
+typedef struct {
+    int done, status;
+    sw_peer_id_t peer;
+    double rtt_ms;
+    int64_t offset_ms;
+    size_t n, total, bad_entries;
+    const sw_dht_t *owner; /* nodes: whose table the answer should match */
+} call_res_t;
+
+static void ping_res(int status, const sw_peer_id_t *peer, double rtt_ms, int64_t off, void *arg)
+{
+    call_res_t *r = arg;
+    r->status = status;
+    if (peer)
+        r->peer = *peer;
+    r->rtt_ms = rtt_ms;
+    r->offset_ms = off;
+    r->done = 1;
+}
+
+static void nodes_res(int status, const sw_peer_id_t *peer, const sw_dht_node_info_t *nodes, size_t n, size_t total,
+                      void *arg)
+{
+    call_res_t *r = arg;
+    sw_peer_id_t mine[64];
+    size_t nm = r->owner ? sw_dht_table_peers(r->owner, mine, 64) : 0;
+    sw_dht_id_t self, id;
+
+    r->status = status;
+    if (peer)
+        r->peer = *peer;
+    r->n = n;
+    r->total = total;
+    if (peer)
+        sw_dht_id_of_peer(peer, &self);
+    for (size_t i = 0; i < n; i++) {
+        int known = 0;
+        for (size_t j = 0; j < nm && j < 64; j++)
+            known |= sw_peer_id_eq(&mine[j], &nodes[i].peer);
+        sw_dht_id_of_peer(&nodes[i].peer, &id);
+        if (!known || !sw_dht_addr_ok(nodes[i].addr) || (int)nodes[i].bucket != sw_dht_id_cpl(&self, &id) ||
+            nodes[i].fails != 0)
+            r->bad_entries++;
+    }
+    r->done = 1;
+}
+
+/* A loopback port nobody listens on (bound, then closed). */
+static int closed_port(uv_loop_t *loop)
+{
+    uv_tcp_t t;
+    struct sockaddr_in a;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss), port = -1;
+
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_init(loop, &t);
+    if (uv_tcp_bind(&t, (const struct sockaddr *)&a, 0) == 0 &&
+        uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len) == 0)
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return port;
+}
+
+static void test_ping_nodes(void)
+{
+    swarm_t s;
+    sw_dht_opts_t o;
+    call_res_t r;
+    char dead[64];
+
+    sw_dht_opts_default(&o);
+    SW_CHECK_OK(small_swarm(&s, 4, &o));
+    /* by full address and by HOST:PORT alone (the id is learnt) */
+    for (int v = 0; v < 2; v++) {
+        memset(&r, 0, sizeof(r));
+        SW_CHECK_OK(sw_dht_ping(s.n[1].dht, v ? s.n[0].addr : s.n[0].full, ping_res, &r));
+        SW_CHECK(!r.done); /* never before the call returns */
+        SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS));
+        SW_CHECKF(r.status == 0 && sw_peer_id_eq(&r.peer, &s.n[0].id.id), "ping %d: %d", v, r.status);
+        SW_CHECK(r.rtt_ms > 0 && r.rtt_ms < 5000);
+        SW_CHECKF(r.offset_ms > -1000 && r.offset_ms < 1000, "offset %lld", (long long)r.offset_ms);
+    }
+    /* a pinned id that does not live there fails (one of no open connection: the p2p layer would
+     * hand that back); so does a port nobody listens on */
+    {
+        char wrong[160], pid[SW_PEER_ID_TEXT_MAX];
+        sw_identity_t other;
+        sw_identity_generate(&other);
+        sw_peer_id_text(&other.id, pid);
+        snprintf(wrong, sizeof(wrong), "%s@%s", pid, s.n[0].addr);
+        memset(&r, 0, sizeof(r));
+        SW_CHECK_OK(sw_dht_ping(s.n[1].dht, wrong, ping_res, &r));
+        SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS) && r.status < 0);
+    }
+    snprintf(dead, sizeof(dead), "127.0.0.1:%d", closed_port(&s.loop));
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_dht_ping(s.n[1].dht, dead, ping_res, &r));
+    SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS) && r.status < 0);
+    SW_CHECK(sw_dht_ping(s.n[1].dht, "not an address", ping_res, &r) == SW_EUSAGE);
+    /* the routing table of node 0 as node 3 sees it: every contact, with its bucket */
+    memset(&r, 0, sizeof(r));
+    r.owner = s.n[0].dht;
+    SW_CHECK_OK(sw_dht_nodes(s.n[3].dht, s.n[0].full, nodes_res, &r));
+    SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS));
+    SW_CHECKF(r.status == 0 && r.n == 3 && r.total == 3 && r.bad_entries == 0, "nodes: %d n %zu total %zu bad %zu",
+              r.status, r.n, r.total, r.bad_entries);
+    SW_CHECK(sw_peer_id_eq(&r.peer, &s.n[0].id.id));
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_dht_nodes(s.n[3].dht, dead, nodes_res, &r));
+    SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS) && r.status < 0 && r.n == 0);
+    SW_CHECK(swarm_free(&s) == 0);
+}
+
+/* ---- reachability: automatic client mode ---- */
+
+static int in_tables(swarm_t *s, int upto, const sw_peer_id_t *p)
+{
+    int n = 0;
+    for (int i = 0; i < upto; i++) {
+        sw_peer_id_t peers[64];
+        size_t m = s->n[i].alive ? sw_dht_table_peers(s->n[i].dht, peers, 64) : 0;
+        for (size_t j = 0; j < m && j < 64; j++)
+            n += sw_peer_id_eq(&peers[j], p);
+    }
+    return n;
+}
+
+typedef struct {
+    int done, status, reach;
+    uint32_t yes, no;
+} reach_res_t;
+
+static void reach_res(int status, uint32_t yes, uint32_t no, int reach, void *arg)
+{
+    reach_res_t *r = arg;
+    r->status = status;
+    r->yes = yes;
+    r->no = no;
+    r->reach = reach;
+    r->done = 1;
+}
+
+static void test_reachability(void)
+{
+    swarm_t s;
+    sw_dht_opts_t o;
+    res_t r;
+    reach_res_t rr;
+    const char *boot;
+    int port;
+    sw_dht_stats_t st;
+
+    sw_dht_opts_default(&o);
+    SW_CHECK_OK(small_swarm_n(&s, 5, 3, &o));
+    o.reachability_check = 1;
+    o.reachability_ms = 0; /* the test runs the checks itself */
+    /* node 3 announces a port nobody listens on */
+    port = closed_port(&s.loop);
+    SW_CHECK(port > 0);
+    snprintf(s.n[3].announce, sizeof(s.n[3].announce), "127.0.0.1:%d", port);
+    SW_CHECK_OK(node_start(&s, 3, &o));
+    SW_CHECK(sw_dht_reachability(s.n[3].dht) == SW_DHT_REACH_UNKNOWN && sw_dht_is_client(s.n[3].dht));
+    boot = s.n[0].full;
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_dht_bootstrap(s.n[3].dht, &boot, 1, boot_cb, &r));
+    SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS) && r.status == 0);
+    SW_CHECKF(sw_dht_reachability(s.n[3].dht) == SW_DHT_REACH_NO, "reach %d", sw_dht_reachability(s.n[3].dht));
+    SW_CHECK(sw_dht_is_client(s.n[3].dht));
+    /* node 4 is reachable: it stays a full node */
+    SW_CHECK_OK(node_start(&s, 4, &o));
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_dht_bootstrap(s.n[4].dht, &boot, 1, boot_cb, &r));
+    SW_CHECK(run_until(&s.loop, &r.done, WAIT_MS) && r.status == 0);
+    SW_CHECK(sw_dht_reachability(s.n[4].dht) == SW_DHT_REACH_YES && !sw_dht_is_client(s.n[4].dht));
+    wait_idle(&s, WAIT_MS);
+    /* the client works as one: it stores and finds, but nobody lists it */
+    SW_CHECK_OK(do_put(&s, 3, "r", "s", 1, "from-unreachable", sw_dht_now_ms() + 60000, &r));
+    SW_CHECK(r.status == 0 && r.n == 4);
+    SW_CHECK_OK(do_get(&s, 1, "r", "s", 1, &r));
+    SW_CHECK(r.found && strcmp(r.value, "from-unreachable") == 0);
+    SW_CHECK_OK(do_get(&s, 3, "r", "s", 1, &r));
+    SW_CHECK(r.found);
+    SW_CHECK_OK(do_put(&s, 2, "r2", "s", 1, "v", sw_dht_now_ms() + 60000, &r));
+    SW_CHECK(r.status == 0 && r.n == 4); /* 0, 1, 2, 4: not 3 */
+    SW_CHECKF(in_tables(&s, 5, &s.n[3].id.id) == 0, "unreachable node listed %d times",
+              in_tables(&s, 5, &s.n[3].id.id));
+    SW_CHECKF(in_tables(&s, 5, &s.n[4].id.id) == 4, "reachable node listed %d times",
+              in_tables(&s, 5, &s.n[4].id.id));
+    sw_dht_stats(s.n[0].dht, &st);
+    SW_CHECK(st.dialbacks >= 2 && st.dialbacks_ok >= 1);
+    /* node 3 opens the port it announces: the next check makes it a full node, and it announces itself */
+    SW_CHECK_OK(sw_p2p_node_listen(s.n[3].node, "127.0.0.1", port, &port));
+    memset(&rr, 0, sizeof(rr));
+    SW_CHECK_OK(sw_dht_check_reachability(s.n[3].dht, reach_res, &rr));
+    SW_CHECK(sw_dht_check_reachability(s.n[3].dht, NULL, NULL) == SW_ESTATE); /* one at a time */
+    SW_CHECK(run_until(&s.loop, &rr.done, WAIT_MS));
+    SW_CHECKF(rr.status == 0 && rr.reach == SW_DHT_REACH_YES && rr.yes >= 1 && rr.no == 0, "check: %d %d %u/%u",
+              rr.status, rr.reach, rr.yes, rr.no);
+    SW_CHECK(!sw_dht_is_client(s.n[3].dht));
+    wait_idle(&s, WAIT_MS);
+    SW_CHECKF(in_tables(&s, 5, &s.n[3].id.id) >= 3, "node 3 listed %d times after the switch",
+              in_tables(&s, 5, &s.n[3].id.id));
+    SW_CHECK(swarm_free(&s) == 0);
+}
+
+/* ---- dial-back requests: only the asker's own id, once each, rate-limited ---- */
+
+static int dialback_answer(raw_t *r, int *reachable)
+{
+    Swarmd__Dht__Response *resp;
+
+    if (r->status < 0 || !r->resp)
+        return r->status < 0 ? r->status : -1000;
+    resp = swarmd__dht__response__unpack(NULL, r->resp_len, r->resp);
+    if (!resp)
+        return -2000;
+    *reachable = resp->reachable;
+    swarmd__dht__response__free_unpacked(resp, NULL);
+    return 0;
+}
+
+static void test_dialback_abuse(void)
+{
+    swarm_t s;
+    sw_dht_opts_t o;
+    raw_t raw;
+    Swarmd__Dht__Request req = SWARMD__DHT__REQUEST__INIT;
+    uint8_t b[256];
+    size_t len;
+    int reachable = -1, limited = 0;
+    sw_dht_stats_t st;
+
+    sw_dht_opts_default(&o);
+    SW_CHECK_OK(small_swarm(&s, 3, &o));
+    /* node 2 names node 1's address as its own: node 0 dials it pinned to node 2's id, the
+     * handshake fails, and the answer is "unreachable" */
+    req.sender_addr = s.n[1].addr;
+    req.client_mode = 1;
+    len = swarmd__dht__request__pack(&req, b);
+    SW_CHECK_OK(raw_call(&s.loop, s.n[2].node, s.n[0].full, "dht.dialback", b, len, &raw));
+    SW_CHECK_OK(dialback_answer(&raw, &reachable));
+    SW_CHECK(reachable == 0);
+    raw_free(&raw);
+    /* its own address: reachable */
+    req.sender_addr = s.n[2].addr;
+    len = swarmd__dht__request__pack(&req, b);
+    SW_CHECK_OK(raw_call(&s.loop, s.n[2].node, s.n[0].full, "dht.dialback", b, len, &raw));
+    SW_CHECK_OK(dialback_answer(&raw, &reachable));
+    SW_CHECK(reachable == 1);
+    raw_free(&raw);
+    /* past the burst of 2, the same peer is refused */
+    for (int i = 0; i < 5; i++) {
+        SW_CHECK_OK(raw_call(&s.loop, s.n[2].node, s.n[0].full, "dht.dialback", b, len, &raw));
+        limited += raw.status == SW_ELIMIT;
+        raw_free(&raw);
+    }
+    SW_CHECKF(limited == 5, "%d of 5 refused", limited);
+    /* no address to dial: refused as malformed (by node 1, whose budget for node 2 is intact) */
+    req.sender_addr = (char *)"";
+    len = swarmd__dht__request__pack(&req, b);
+    SW_CHECK_OK(raw_call(&s.loop, s.n[2].node, s.n[1].full, "dht.dialback", b, len, &raw));
+    SW_CHECK(raw.status == SW_EFORMAT);
+    raw_free(&raw);
+    sw_dht_stats(s.n[0].dht, &st);
+    SW_CHECK(st.dialbacks == 2 && st.dialbacks_ok == 1 && st.rate_limited == 5);
+    /* the node still serves */
+    {
+        res_t r;
+        SW_CHECK_OK(do_put(&s, 2, "d", "s", 1, "v", sw_dht_now_ms() + 60000, &r));
+        SW_CHECK(r.status == 0 && r.n == 3);
+    }
+    SW_CHECK(swarm_free(&s) == 0);
+}
+
 /* ---- a routing table reused after a restart ---- */
 
 static void test_table_file(void)
@@ -1260,6 +1545,9 @@ int main(void)
     SW_RUN(test_reader_checks);
     SW_RUN(test_hostile_requests);
     SW_RUN(test_client_mode);
+    SW_RUN(test_ping_nodes);
+    SW_RUN(test_reachability);
+    SW_RUN(test_dialback_abuse);
     SW_RUN(test_table_file);
     SW_RUN(test_swarm);
     return sw_test_summary("test-dht");

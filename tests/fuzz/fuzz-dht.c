@@ -2,16 +2,20 @@
  * fuzz-dht.c - libFuzzer target for the DHT's message decoders (p2p/dht.c, proto/dht.proto) on raw
  * bytes, and everything a node does with a message that passed them.
  *
- * The first input byte picks the path, the rest is the message as it arrives in a call's payload:
- *   0..4 (mod 8): a Request for dht.ping / find_node / find_value / store / nodes: size limit,
+ * The first input byte picks the path (mod 16), the rest is the message as it arrives in a call's
+ * payload:
+ *   0..4: a Request for dht.ping / find_node / find_value / store / nodes: size limit,
  *        decode, sw_dht_request_check, then for a store every record through sw_dht_store_put
  *        (sizes, expiration window, owner signatures, per-key and per-node caps);
- *   5..7: a Response: decode, sw_dht_response_check, then what a lookup does with it: contacts
+ *   8:   a Request for dht.dialback: decode, sw_dht_request_check (the address to dial back must be
+ *        a valid HOST:PORT even from a client), then the dial target text built as the node does;
+ *   other: a Response: decode, sw_dht_response_check, then what a lookup does with it: contacts
  *        parsed into peer ids and ranked against a target, records merged into a get's store,
- *        routing-table entries (dht.nodes) read.
+ *        routing-table entries (dht.nodes) read (a dial-back verdict is two scalars: decoding covers it).
  * The clock is fixed, so a crashing input replays the same way.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,7 +49,12 @@ static void fuzz_request(int kind, const uint8_t *buf, size_t len)
     req = swarmd__dht__request__unpack(&sw_pb_allocator, len, buf);
     if (!req)
         return;
-    if (sw_dht_request_check(req, kind, 128) == 0 && kind == SW_DHT_REQ_STORE) {
+    if (sw_dht_request_check(req, kind, 128) == 0 && kind == SW_DHT_REQ_DIALBACK) {
+        char target[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX + 2];
+        snprintf(target, sizeof(target), "%s@%s", "PEER", req->sender_addr);
+        if (strlen(target) >= sizeof(target) - 1)
+            abort(); /* sw_dht_addr_ok bounds the address below SW_DHT_ADDR_MAX */
+    } else if (sw_dht_request_check(req, kind, 128) == 0 && kind == SW_DHT_REQ_STORE) {
         limits(&lim);
         if (sw_dht_store_init(&st, &lim) == 0) {
             for (size_t i = 0; i < req->n_records; i++) {
@@ -115,9 +124,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size < 1)
         return 0;
-    mode = data[0] & 7;
+    mode = data[0] & 15;
     if (mode <= SW_DHT_REQ_NODES)
         fuzz_request(mode, data + 1, size - 1);
+    else if (mode == 8)
+        fuzz_request(SW_DHT_REQ_DIALBACK, data + 1, size - 1);
     else
         fuzz_response(data + 1, size - 1);
     return 0;
