@@ -400,6 +400,14 @@ void sw_kv_reset(sw_kv_t *kv)
     kv->rope_cached = 0;
 }
 
+int sw_kv_truncate(sw_kv_t *kv, int len)
+{
+    if (len < 0 || len > kv->len)
+        return sw_err(-EINVAL, "cannot roll back to position %d: the cache holds %d", len, kv->len);
+    kv->len = len;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* forward (executor thread)                                                                   */
 

@@ -79,6 +79,10 @@ void sw_kv_free(sw_kv_t *kv);
 /* Positions already in the cache (same for every sequence of the batch). */
 int sw_kv_len(const sw_kv_t *kv);
 void sw_kv_reset(sw_kv_t *kv);
+/* Rolls the cache back to its first len positions (0 <= len <= sw_kv_len, else -EINVAL); the next
+ * forward overwrites the later ones. The dynamic-RoPE length state is kept, as in a transformers
+ * session whose cache is cropped. */
+int sw_kv_truncate(sw_kv_t *kv, int len);
 
 /*
  * Runs T new tokens of B sequences through the span: x (B, T, H) in, hidden states out, in place.

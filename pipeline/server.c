@@ -1,0 +1,1022 @@
+/*
+ * server.c - the RPC handlers of a block server and its device executor (see server.h).
+ *
+ * Ownership: a forward call owns one job_t (allocated at open, freed when both the call is over
+ * and the job is back from the executor). An inference session owns its session_t, with one
+ * embedded job_t, its KV caches (one per block of its span, created by the executor on the first
+ * step), its input buffer and its reply buffer; it is freed when its call is over, no step is in
+ * flight and the transport has released the reply buffer.
+ */
+#include "pipeline/server.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "pipeline/codec.h"
+#include "pipeline/model.h"
+#include "sw_build_config.h"
+#include "swarmd.pb-c.h"
+#include "util/alloc.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#define ERR_MAX 256
+#define SW_SERVER_LINGER_MS 2000 /* at shutdown, how long ended calls get to be delivered */
+
+enum { JOB_STEP = 0, JOB_FORWARD = 1 }; /* also the priority class: steps first */
+
+typedef struct session session_t;
+
+typedef struct job {
+    struct job *next;
+    int kind;
+    uint64_t cost, seq;       /* queue order: (kind, cost = B x T, seq) */
+    sw_server_t *srv;
+    session_t *sess;          /* JOB_STEP */
+    sw_p2p_call_t *call;      /* JOB_FORWARD: NULL once the call is over */
+    int queued;               /* with the executor (queue, running or done list) */
+    int answered;             /* JOB_FORWARD: a reply or an error was sent, or nothing is due */
+    /* the request, checked on the loop */
+    int a, b, B, T, rollback; /* rollback: position to roll back to first, or -1 */
+    sw_tensor_header_t in_h;
+    uint8_t *payload;         /* taken from the message; the executor frees it after decoding */
+    size_t payload_len;
+    sw_codec_opts_t out_opts;
+    uint64_t step_id;
+    /* the result, written by the executor */
+    int status;
+    char error[ERR_MAX];
+    uint8_t *out;             /* JOB_FORWARD: owned, handed to the transport; JOB_STEP: sess->out */
+    size_t out_len;
+    sw_tensor_header_t out_h;
+    int position;
+} job_t;
+
+struct session {
+    sw_server_t *srv;
+    session_t *prev, *next;
+    sw_p2p_call_t *call;      /* NULL once the call is over */
+    uv_timer_t timer;         /* idle timeout */
+    uint64_t id;
+    int opened, a, b, B, max_length, len;
+    uint64_t reserved;        /* cache tokens held */
+    sw_kv_t **kv;             /* b - a; created by the executor */
+    float *x;                 /* B x Tcap x H */
+    size_t x_cap;             /* floats */
+    uint8_t *out;
+    size_t out_cap;
+    int busy;                 /* the step job is with the executor */
+    int out_busy;             /* the transport holds out (send_ref) */
+    int ended;                /* our half is ended or due: no more steps */
+    int client_ended;
+    int closing;              /* the timer is closing; freed in its callback */
+    job_t job;
+};
+
+struct sw_server {
+    uv_loop_t *loop;
+    sw_p2p_node_t *node;
+    sw_model_t *model;
+    const sw_model_config_t *cfg;
+    sw_span_t **spans;        /* one per block: spans[i] is block start + i */
+    int start, end, H;
+    char name[128];
+    const char *quant;
+    const sw_ops_t *ops;
+    uint64_t max_cache, cache_used, next_session;
+    uint32_t max_batch, idle_ms;
+    session_t *sessions;
+    int n_sessions;
+    /* executor */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job_t *queue, *done;      /* queue: sorted; done: any order */
+    int stop;
+    uint64_t seq;
+    int jobs_out;             /* jobs with the executor (loop's count) */
+    uv_async_t async;
+    sw_codec_ctx_t *codec;    /* executor thread's */
+    /* shutdown */
+    int n_forward;            /* forward calls not yet freed */
+    int draining, drain_fired, drain_finished;
+    uv_timer_t drain_timer;
+    void (*drain_done)(void *);
+    void *drain_arg;
+    int closing, handles_open;
+    void (*close_done)(void *);
+    void *close_arg;
+};
+
+static void srv_maybe_free(sw_server_t *s);
+
+/* ======================================================================== executor thread */
+
+/* Hidden states of job j through blocks [a, b) without a cache. */
+static int run_forward(sw_server_t *s, job_t *j, float *x)
+{
+    for (int i = j->a; i < j->b; i++) {
+        sw_kv_t *kv = NULL;
+        int r = sw_kv_create(s->spans[i - s->start], j->B, j->T, &kv);
+        if (r < 0)
+            return r;
+        r = sw_span_forward(s->spans[i - s->start], kv, s->ops, x, j->B, j->T);
+        sw_kv_free(kv);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int encode_out(sw_server_t *s, job_t *j, const float *x, uint8_t *out, size_t cap)
+{
+    int64_t shape[3] = { j->B, j->T, s->H };
+    int r = sw_codec_encode(s->codec, &j->out_opts, x, 3, shape, &j->out_h, out, cap);
+
+    if (r == 0)
+        j->out_len = (size_t)j->out_h.encoded_len;
+    return r;
+}
+
+static int exec_forward(sw_server_t *s, job_t *j)
+{
+    size_t n = (size_t)j->B * j->T * s->H, cap;
+    float *x = sw_malloc(n * sizeof(float));
+    int r;
+
+    if (!x)
+        return sw_err(-ENOMEM, "no memory for %zu hidden-state values", n);
+    r = sw_codec_decode(s->codec, &j->in_h, j->payload, j->payload_len, x, n);
+    sw_free(j->payload);
+    j->payload = NULL;
+    if (r < 0)
+        goto out;
+    if ((r = run_forward(s, j, x)) < 0)
+        goto out;
+    if ((r = sw_codec_encoded_bound(&j->out_opts, n, &cap)) < 0)
+        goto out;
+    j->out = sw_malloc(cap ? cap : 1);
+    if (!j->out) {
+        r = sw_err(-ENOMEM, "no memory for the reply");
+        goto out;
+    }
+    r = encode_out(s, j, x, j->out, cap);
+out:
+    sw_free(x);
+    return r;
+}
+
+static int exec_step(sw_server_t *s, job_t *j)
+{
+    session_t *ss = j->sess;
+    int nb = ss->b - ss->a, r = 0;
+
+    if (!ss->kv[0]) {
+        for (int i = 0; i < nb; i++)
+            if ((r = sw_kv_create(s->spans[ss->a - s->start + i], ss->B, ss->max_length,
+                                  &ss->kv[i])) < 0)
+                return r;
+    }
+    if (j->T > 0) {
+        r = sw_codec_decode(s->codec, &j->in_h, j->payload, j->payload_len, ss->x, ss->x_cap);
+        sw_free(j->payload);
+        j->payload = NULL;
+        if (r < 0)
+            return r;
+    }
+    if (j->rollback >= 0)
+        for (int i = 0; i < nb; i++)
+            if ((r = sw_kv_truncate(ss->kv[i], j->rollback)) < 0)
+                return r;
+    if (j->T > 0) {
+        for (int i = 0; i < nb; i++)
+            if ((r = sw_span_forward(s->spans[ss->a - s->start + i], ss->kv[i], s->ops, ss->x,
+                                     ss->B, j->T)) < 0)
+                return r;
+        if ((r = encode_out(s, j, ss->x, ss->out, ss->out_cap)) < 0)
+            return r;
+    }
+    j->position = sw_kv_len(ss->kv[0]);
+    return 0;
+}
+
+/* The executor: takes the first job of the queue, runs it, hands it back to the loop. */
+static void *executor_main(void *arg)
+{
+    sw_server_t *s = arg;
+
+    for (;;) {
+        job_t *j;
+
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && !s->queue)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->stop) {
+            pthread_mutex_unlock(&s->mu);
+            return NULL;
+        }
+        j = s->queue;
+        s->queue = j->next;
+        pthread_mutex_unlock(&s->mu);
+
+        sw_err_clear();
+        j->status = j->kind == JOB_STEP ? exec_step(s, j) : exec_forward(s, j);
+        if (j->status < 0) {
+            const char *d = sw_err_detail();
+            snprintf(j->error, sizeof(j->error), "%s", d[0] ? d : sw_strerror(j->status));
+        }
+
+        pthread_mutex_lock(&s->mu);
+        j->next = s->done;
+        s->done = j;
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->async);
+    }
+}
+
+/* ======================================================================== loop thread: queue */
+
+/* Inserts j in queue order: steps before forward calls, then fewer tokens, then arrival. */
+static void job_submit(sw_server_t *s, job_t *j)
+{
+    job_t **p;
+
+    j->kind = j->sess ? JOB_STEP : JOB_FORWARD;
+    j->cost = (uint64_t)j->B * (uint64_t)j->T;
+    j->seq = s->seq++;
+    j->status = 0;
+    j->error[0] = '\0';
+    j->queued = 1;
+    s->jobs_out++;
+    pthread_mutex_lock(&s->mu);
+    for (p = &s->queue; *p; p = &(*p)->next) {
+        job_t *q = *p;
+        if (j->kind < q->kind || (j->kind == q->kind && j->cost < q->cost))
+            break;
+    }
+    j->next = *p;
+    *p = j;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ======================================================================== loop thread: checks */
+
+static int check_span(const sw_server_t *s, uint32_t a, uint32_t b)
+{
+    if (a >= b || (int64_t)a < s->start || (int64_t)b > s->end)
+        return sw_err(SW_EUNSUPPORTED, "blocks %u:%u are not served here: this server serves "
+                      "blocks %d:%d (any non-empty span inside it)", a, b, s->start, s->end);
+    return 0;
+}
+
+static int check_codec(int codec, sw_codec_opts_t *o)
+{
+    if (codec < 0 || codec >= SW_CODEC_COUNT)
+        return sw_err(SW_EUNSUPPORTED, "unknown output codec %d", codec);
+    memset(o, 0, sizeof(*o));
+    o->codec = (sw_codec_t)codec;
+    return 0;
+}
+
+/* Parses a packed TensorHeader of hidden states (B, T, H) and checks it against the payload, the
+ * hidden size and the batch limit. Sets *B and *T. */
+static int check_hidden(const sw_server_t *s, const ProtobufCBinaryData *hb, size_t payload_len,
+                        sw_tensor_header_t *h, int *B, int *T)
+{
+    int r;
+
+    if (hb->len == 0)
+        return sw_err(SW_EFORMAT, "no hidden states: the request has no tensor header");
+    if ((r = sw_codec_header_unpack(hb->data, hb->len, h)) < 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "%s", sw_err_detail());
+        return sw_err(r, "malformed tensor header: %s", why);
+    }
+    if (h->ndim != 3)
+        return sw_err(SW_EFORMAT, "hidden states must be 3-D (batch, tokens, hidden), not %d-D",
+                      h->ndim);
+    if (h->shape[2] != s->H)
+        return sw_err(SW_EFORMAT, "hidden size %lld does not match the model's %d",
+                      (long long)h->shape[2], s->H);
+    if (h->shape[0] < 1 || h->shape[1] < 1)
+        return sw_err(SW_EFORMAT, "empty hidden states (%lld, %lld, %d)", (long long)h->shape[0],
+                      (long long)h->shape[1], s->H);
+    if (h->shape[0] > s->max_batch || h->shape[1] > s->max_batch ||
+        h->shape[0] * h->shape[1] > (int64_t)s->max_batch)
+        return sw_err(SW_ELIMIT, "%lld x %lld tokens exceed this server's limit of %u per call "
+                      "(--max-batch-tokens); split the batch", (long long)h->shape[0],
+                      (long long)h->shape[1], s->max_batch);
+    if (h->encoded_len != payload_len)
+        return sw_err(SW_EFORMAT, "tensor header says %llu payload bytes, the message carries %zu",
+                      (unsigned long long)h->encoded_len, payload_len);
+    *B = (int)h->shape[0];
+    *T = (int)h->shape[1];
+    return 0;
+}
+
+/* ======================================================================== loop thread: info */
+
+static void info_open(sw_p2p_call_t *call, const char *method, void *arg)
+{
+    sw_server_t *s = arg;
+    Swarmd__ServerInfo m = SWARMD__SERVER_INFO__INIT;
+    sw_p2p_call_cbs_t cbs = { NULL, NULL, NULL, NULL };
+    uint8_t buf[512];
+    size_t n;
+
+    sw_p2p_call_set_cbs(call, &cbs, NULL);
+    m.version = (char *)SW_VERSION;
+    m.model = s->name;
+    m.start_block = (uint32_t)s->start;
+    m.end_block = (uint32_t)s->end;
+    m.num_blocks = (uint32_t)s->cfg->num_layers;
+    m.hidden_size = (uint32_t)s->H;
+    m.dtype = (char *)"float32";
+    m.quant = (char *)s->quant;
+    m.cache_tokens_left = s->draining ? 0 : s->max_cache - s->cache_used;
+    m.max_cache_tokens = s->max_cache;
+    m.max_batch_tokens = s->max_batch;
+    m.sessions = (uint32_t)s->n_sessions;
+    m.draining = s->draining != 0;
+    n = swarmd__server_info__pack(&m, buf);
+    if (sw_p2p_call_send(call, buf, n, NULL, 0, 0) == 0)
+        sw_p2p_call_end(call, 0, NULL);
+    else
+        sw_p2p_call_cancel(call);
+}
+
+/* ======================================================================== loop thread: forward */
+
+static void drain_linger_check(sw_server_t *s);
+
+static void forward_free(job_t *j)
+{
+    sw_server_t *s = j->srv;
+
+    s->n_forward--;
+    sw_free(j);
+    drain_linger_check(s);
+}
+
+static void forward_fail(job_t *j, int code, const char *why)
+{
+    if (j->call && !j->answered) {
+        SW_LOG_D("serve", "forward refused: %s", why);
+        sw_p2p_call_end(j->call, code, why);
+    }
+    j->answered = 1;
+}
+
+static void forward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+{
+    job_t *j = arg;
+    sw_server_t *s = j->srv;
+    Swarmd__ForwardRequest *q;
+    int r;
+
+    if (j->answered || j->queued) {
+        forward_fail(j, SW_EFORMAT, "forward takes exactly one request message");
+        return;
+    }
+    q = swarmd__forward_request__unpack(NULL, msg->body_len, msg->body);
+    if (!q) {
+        forward_fail(j, SW_EFORMAT, "malformed ForwardRequest");
+        return;
+    }
+    sw_err_clear();
+    if ((r = check_span(s, q->start_block, q->end_block)) < 0 ||
+        (r = check_codec(q->output_codec, &j->out_opts)) < 0 ||
+        (r = check_hidden(s, &q->hidden, msg->payload_len, &j->in_h, &j->B, &j->T)) < 0) {
+        swarmd__forward_request__free_unpacked(q, NULL);
+        forward_fail(j, r, sw_err_detail());
+        return;
+    }
+    j->out_opts.zstd = q->output_zstd;
+    j->a = (int)q->start_block;
+    j->b = (int)q->end_block;
+    swarmd__forward_request__free_unpacked(q, NULL);
+    j->payload_len = msg->payload_len;
+    j->payload = sw_p2p_msg_take_payload(msg);
+    job_submit(s, j);
+}
+
+static void forward_end(sw_p2p_call_t *call, int status, const char *error, void *arg)
+{
+    job_t *j = arg;
+
+    if (!j->queued && !j->answered)
+        forward_fail(j, SW_EFORMAT, "forward call ended without a request");
+}
+
+static void forward_done(sw_p2p_call_t *call, int status, void *arg)
+{
+    job_t *j = arg;
+
+    j->call = NULL;
+    if (!j->queued) {
+        sw_free(j->payload);
+        forward_free(j);
+    }
+}
+
+/* A forward job is back: reply, then free it unless the call is still open. */
+static void forward_finish(sw_server_t *s, job_t *j)
+{
+    j->queued = 0;
+    if (j->call && !j->answered) {
+        if (j->status < 0) {
+            forward_fail(j, j->status, j->error);
+        } else {
+            Swarmd__ForwardResponse m = SWARMD__FORWARD_RESPONSE__INIT;
+            uint8_t hb[SW_CODEC_MAX_HEADER], body[SW_CODEC_MAX_HEADER + 16];
+            size_t hl = 0, bl;
+            sw_codec_header_pack(&j->out_h, hb, sizeof(hb), &hl);
+            m.hidden.data = hb;
+            m.hidden.len = hl;
+            bl = swarmd__forward_response__pack(&m, body);
+            j->answered = 1;
+            if (sw_p2p_call_send(j->call, body, bl, j->out, j->out_len, SW_P2P_SEND_TAKE) == 0)
+                sw_p2p_call_end(j->call, 0, NULL);
+            j->out = NULL;
+        }
+    }
+    sw_free(j->out);
+    j->out = NULL;
+    sw_free(j->payload);
+    j->payload = NULL;
+    if (!j->call)
+        forward_free(j);
+}
+
+static void forward_open(sw_p2p_call_t *call, const char *method, void *arg)
+{
+    sw_server_t *s = arg;
+    sw_p2p_call_cbs_t cbs = { forward_msg, forward_end, forward_done, NULL };
+    job_t *j = sw_calloc(1, sizeof(*j));
+
+    if (!j) {
+        sw_p2p_call_cbs_t none = { NULL, NULL, NULL, NULL };
+        sw_p2p_call_set_cbs(call, &none, NULL);
+        sw_p2p_call_end(call, -ENOMEM, "server out of memory");
+        return;
+    }
+    j->srv = s;
+    j->call = call;
+    j->rollback = -1;
+    s->n_forward++;
+    sw_p2p_call_set_cbs(call, &cbs, j);
+    if (s->draining)
+        forward_fail(j, SW_ESTATE, "server is shutting down; use another server");
+}
+
+/* ======================================================================== loop thread: inference */
+
+static void session_closed(uv_handle_t *h)
+{
+    session_t *ss = h->data;
+    sw_server_t *s = ss->srv;
+
+    if (ss->prev)
+        ss->prev->next = ss->next;
+    else
+        s->sessions = ss->next;
+    if (ss->next)
+        ss->next->prev = ss->prev;
+    s->n_sessions--;
+    sw_free(ss->kv);
+    sw_free(ss->x);
+    sw_free(ss->out);
+    sw_free(ss);
+    drain_linger_check(s);
+    srv_maybe_free(s);
+}
+
+/* Gives back the KV caches and the reservation once no step can use them. */
+static void session_release_cache(session_t *ss)
+{
+    if (ss->busy)
+        return;
+    if (ss->kv)
+        for (int i = 0; i < ss->b - ss->a; i++) {
+            sw_kv_free(ss->kv[i]);
+            ss->kv[i] = NULL;
+        }
+    ss->srv->cache_used -= ss->reserved;
+    ss->reserved = 0;
+}
+
+static void session_maybe_free(session_t *ss)
+{
+    if (ss->call || ss->busy || ss->out_busy || ss->closing)
+        return;
+    session_release_cache(ss);
+    ss->closing = 1;
+    uv_close((uv_handle_t *)&ss->timer, session_closed);
+}
+
+/* Ends our half (status 0 or an error); no more steps run; the cache goes back when it can. */
+static void session_end(session_t *ss, int code, const char *why)
+{
+    if (!ss->ended) {
+        ss->ended = 1;
+        if (code < 0)
+            SW_LOG_D("serve", "session %llu ends: %s", (unsigned long long)ss->id, why);
+        if (ss->call)
+            sw_p2p_call_end(ss->call, code, code < 0 ? why : NULL);
+        uv_timer_stop(&ss->timer);
+    }
+    session_release_cache(ss);
+}
+
+static void session_idle(uv_timer_t *t)
+{
+    session_t *ss = t->data;
+    char why[96];
+
+    snprintf(why, sizeof(why), "session idle for %u ms; open a new one", ss->srv->idle_ms);
+    session_end(ss, -ETIMEDOUT, why);
+}
+
+/* Checks the opening fields and reserves the session's cache tokens and buffers. */
+static int session_setup(session_t *ss, const Swarmd__InferenceRequest *q)
+{
+    sw_server_t *s = ss->srv;
+    uint64_t need = (uint64_t)q->batch * q->max_length;
+    size_t tcap, n, b1, b2;
+    sw_codec_opts_t none = { 0 }, z = { 0 };
+    int r;
+
+    if ((r = check_span(s, q->start_block, q->end_block)) < 0)
+        return r;
+    if (q->batch < 1 || q->batch > 4096)
+        return sw_err(SW_ELIMIT, "batch %u is out of range (1..4096)", q->batch);
+    if (q->batch > s->max_batch)
+        return sw_err(SW_ELIMIT, "batch %u exceeds --max-batch-tokens %u", q->batch, s->max_batch);
+    if (q->max_length < 1 || q->max_length > (uint32_t)s->cfg->max_position_embeddings)
+        return sw_err(SW_ELIMIT, "max_length %u is out of range (1..%d, the model's context)",
+                      q->max_length, s->cfg->max_position_embeddings);
+    if (need > s->max_cache)
+        return sw_err(SW_ELIMIT, "session of batch %u x max_length %u needs %llu cache tokens, "
+                      "more than this server's whole budget of %llu; shorten it or use another "
+                      "server", q->batch, q->max_length, (unsigned long long)need,
+                      (unsigned long long)s->max_cache);
+    if (need > s->max_cache - s->cache_used)
+        return sw_err(SW_ELIMIT, "cache exhausted: session needs %llu cache tokens, %llu of %llu "
+                      "are left; retry later or use another server", (unsigned long long)need,
+                      (unsigned long long)(s->max_cache - s->cache_used),
+                      (unsigned long long)s->max_cache);
+    tcap = s->max_batch / q->batch;
+    if (tcap > q->max_length)
+        tcap = q->max_length;
+    n = (size_t)q->batch * tcap * (size_t)s->H;
+    z.zstd = 1;
+    if ((r = sw_codec_encoded_bound(&none, n, &b1)) < 0 ||
+        (r = sw_codec_encoded_bound(&z, n, &b2)) < 0)
+        return r;
+    ss->a = (int)q->start_block;
+    ss->b = (int)q->end_block;
+    ss->B = (int)q->batch;
+    ss->max_length = (int)q->max_length;
+    ss->x_cap = n;
+    ss->out_cap = b1 > b2 ? b1 : b2;
+    ss->kv = sw_calloc((size_t)(ss->b - ss->a), sizeof(*ss->kv));
+    ss->x = sw_malloc(n * sizeof(float));
+    ss->out = sw_malloc(ss->out_cap);
+    if (!ss->kv || !ss->x || !ss->out)
+        return sw_err(-ENOMEM, "server out of memory for a session of %zu values", n);
+    ss->reserved = need;
+    s->cache_used += need;
+    ss->opened = 1;
+    return 0;
+}
+
+static int session_check_step(session_t *ss, const Swarmd__InferenceRequest *q, size_t payload_len)
+{
+    sw_server_t *s = ss->srv;
+    job_t *j = &ss->job;
+    int pos = ss->len, r;
+
+    if ((q->start_block || q->end_block) &&
+        ((int)q->start_block != ss->a || (int)q->end_block != ss->b))
+        return sw_err(SW_EFORMAT, "step names blocks %u:%u, the session was opened for %d:%d",
+                      q->start_block, q->end_block, ss->a, ss->b);
+    if ((q->batch && (int)q->batch != ss->B) || (q->max_length && (int)q->max_length != ss->max_length))
+        return sw_err(SW_EFORMAT, "batch or max_length changed after the session opened");
+    if ((r = check_codec(q->output_codec, &j->out_opts)) < 0)
+        return r;
+    j->out_opts.zstd = q->output_zstd;
+    j->rollback = -1;
+    if (q->has_start_from_position) {
+        if (q->start_from_position > (uint32_t)ss->len)
+            return sw_err(SW_EFORMAT, "start_from_position %u is beyond the session's length %d",
+                          q->start_from_position, ss->len);
+        j->rollback = (int)q->start_from_position;
+        pos = j->rollback;
+    }
+    j->T = 0;
+    j->B = ss->B;
+    if (q->hidden.len == 0) {
+        if (payload_len)
+            return sw_err(SW_EFORMAT, "payload of %zu bytes without a tensor header", payload_len);
+        return 0;
+    }
+    if ((r = check_hidden(s, &q->hidden, payload_len, &j->in_h, &j->B, &j->T)) < 0)
+        return r;
+    if (j->B != ss->B)
+        return sw_err(SW_EFORMAT, "step has batch %d, the session %d", j->B, ss->B);
+    if ((size_t)j->B * j->T * s->H > ss->x_cap || pos + j->T > ss->max_length)
+        return sw_err(SW_ELIMIT, "maximum length exceeded: %d + %d positions > max_length %d",
+                      pos, j->T, ss->max_length);
+    return 0;
+}
+
+static void inference_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+{
+    session_t *ss = arg;
+    Swarmd__InferenceRequest *q;
+    int r;
+
+    if (ss->ended)
+        return;
+    uv_timer_again(&ss->timer);
+    q = swarmd__inference_request__unpack(NULL, msg->body_len, msg->body);
+    if (!q) {
+        session_end(ss, SW_EFORMAT, "malformed InferenceRequest");
+        return;
+    }
+    sw_err_clear();
+    r = ss->opened ? 0 : session_setup(ss, q);
+    if (r == 0)
+        r = session_check_step(ss, q, msg->payload_len);
+    ss->job.step_id = q->step_id;
+    swarmd__inference_request__free_unpacked(q, NULL);
+    if (r < 0) {
+        session_end(ss, r, sw_err_detail());
+        return;
+    }
+    ss->job.payload_len = msg->payload_len;
+    ss->job.payload = sw_p2p_msg_take_payload(msg);
+    ss->busy = 1;
+    sw_p2p_call_pause(call, 1); /* one step at a time: resumed when its reply is out */
+    job_submit(ss->srv, &ss->job);
+}
+
+static void inference_end(sw_p2p_call_t *call, int status, const char *error, void *arg)
+{
+    session_t *ss = arg;
+
+    ss->client_ended = 1;
+    if (!ss->busy && !ss->out_busy)
+        session_end(ss, 0, NULL);
+}
+
+static void inference_done(sw_p2p_call_t *call, int status, void *arg)
+{
+    session_t *ss = arg;
+
+    ss->call = NULL;
+    ss->ended = 1;
+    uv_timer_stop(&ss->timer);
+    session_maybe_free(ss);
+}
+
+/* The transport is done with the reply buffer: take the next step (or finish). */
+static void inference_released(void *payload, void *arg)
+{
+    session_t *ss = arg;
+
+    ss->out_busy = 0;
+    if (ss->call && !ss->ended) {
+        if (ss->client_ended)
+            session_end(ss, 0, NULL);
+        else
+            sw_p2p_call_pause(ss->call, 0);
+    }
+    session_maybe_free(ss);
+}
+
+static void step_finish(sw_server_t *s, job_t *j)
+{
+    session_t *ss = j->sess;
+    Swarmd__InferenceResponse m = SWARMD__INFERENCE_RESPONSE__INIT;
+    uint8_t hb[SW_CODEC_MAX_HEADER], body[SW_CODEC_MAX_HEADER + 32];
+    size_t hl = 0, bl;
+    int r;
+
+    j->queued = 0;
+    ss->busy = 0;
+    sw_free(j->payload);
+    j->payload = NULL;
+    if (!ss->call || ss->ended) {
+        session_release_cache(ss);
+        session_maybe_free(ss);
+        return;
+    }
+    if (j->status < 0) {
+        session_end(ss, j->status, j->error);
+        return;
+    }
+    ss->len = j->position;
+    if (j->T > 0) {
+        sw_codec_header_pack(&j->out_h, hb, sizeof(hb), &hl);
+        m.hidden.data = hb;
+        m.hidden.len = hl;
+    }
+    m.position = (uint32_t)j->position;
+    m.step_id = j->step_id;
+    bl = swarmd__inference_response__pack(&m, body);
+    ss->out_busy = 1;
+    r = sw_p2p_call_send_ref(ss->call, body, bl, ss->out, j->T > 0 ? j->out_len : 0,
+                             inference_released, ss);
+    if (r < 0)
+        session_end(ss, r, "cannot send the reply");
+}
+
+static void inference_open(sw_p2p_call_t *call, const char *method, void *arg)
+{
+    sw_server_t *s = arg;
+    sw_p2p_call_cbs_t cbs = { inference_msg, inference_end, inference_done, NULL };
+    session_t *ss;
+
+    if (s->draining || s->closing || !(ss = sw_calloc(1, sizeof(*ss)))) {
+        sw_p2p_call_cbs_t none = { NULL, NULL, NULL, NULL };
+        sw_p2p_call_set_cbs(call, &none, NULL);
+        sw_p2p_call_end(call, s->draining ? SW_ESTATE : -ENOMEM,
+                        s->draining ? "server is shutting down; open the session elsewhere"
+                                    : "server out of memory");
+        return;
+    }
+    ss->srv = s;
+    ss->call = call;
+    ss->id = ++s->next_session;
+    ss->job.srv = s;
+    ss->job.sess = ss;
+    ss->job.rollback = -1;
+    uv_timer_init(s->loop, &ss->timer);
+    ss->timer.data = ss;
+    uv_timer_start(&ss->timer, session_idle, s->idle_ms, s->idle_ms);
+    ss->next = s->sessions;
+    if (s->sessions)
+        s->sessions->prev = ss;
+    s->sessions = ss;
+    s->n_sessions++;
+    sw_p2p_call_set_cbs(call, &cbs, ss);
+}
+
+/* ======================================================================== loop thread: results */
+
+static void drain_check(sw_server_t *s);
+
+static void on_async(uv_async_t *a)
+{
+    sw_server_t *s = a->data;
+    job_t *list;
+
+    pthread_mutex_lock(&s->mu);
+    list = s->done;
+    s->done = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (list) {
+        job_t *j = list;
+        list = j->next;
+        s->jobs_out--;
+        if (j->kind == JOB_STEP)
+            step_finish(s, j);
+        else
+            forward_finish(s, j);
+    }
+    drain_check(s);
+}
+
+/* ======================================================================== loop thread: lifecycle */
+
+static const char *quant_label(sw_quant_t q)
+{
+    return q == SW_QUANT_NF4 ? "nf4" : q == SW_QUANT_INT8 ? "int8" : "none";
+}
+
+int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *o,
+                  sw_server_t **out)
+{
+    sw_server_t *s;
+    const char *base;
+    int r, L;
+
+    s = sw_calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->loop = loop;
+    s->node = node;
+    s->ops = o->ops ? o->ops : &sw_ops_cpu;
+    s->max_cache = o->max_cache_tokens ? o->max_cache_tokens : SW_SERVER_DEFAULT_CACHE_TOKENS;
+    s->max_batch = o->max_batch_tokens ? o->max_batch_tokens : SW_SERVER_DEFAULT_BATCH_TOKENS;
+    s->idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : SW_SERVER_DEFAULT_IDLE_MS;
+    s->quant = quant_label(o->load.quant);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    base = strrchr(o->model_dir, '/');
+    base = base && base[1] ? base + 1 : o->model_dir;
+    snprintf(s->name, sizeof(s->name), "%s", base);
+    if ((r = sw_model_open(o->model_dir, &s->model)) < 0)
+        goto err;
+    s->cfg = sw_model_config(s->model);
+    s->H = s->cfg->hidden_size;
+    L = s->cfg->num_layers;
+    if (o->start < 0 || o->end > L || o->start >= o->end) {
+        r = sw_err(SW_EUSAGE, "blocks %d:%d are not a span of this model's %d blocks (0:%d)",
+                   o->start, o->end, L, L);
+        goto err;
+    }
+    s->start = o->start;
+    s->end = o->end;
+    s->spans = sw_calloc((size_t)(s->end - s->start), sizeof(*s->spans));
+    if (!s->spans) {
+        r = -ENOMEM;
+        goto err;
+    }
+    /* one span per block, so that any sub-span runs without copying weights */
+    for (int i = s->start; i < s->end; i++)
+        if ((r = sw_span_load(s->model, i, i + 1, &o->load, &s->spans[i - s->start])) < 0)
+            goto err;
+    if (o->load.quant == SW_QUANT_AUTO)
+        s->quant = "as stored";
+    if ((r = sw_codec_ctx_new(&s->codec)) < 0)
+        goto err;
+    if ((r = uv_async_init(loop, &s->async, on_async)) < 0) {
+        r = sw_err(r, "uv_async_init: %s", uv_strerror(r));
+        goto err;
+    }
+    s->async.data = s;
+    s->handles_open = 1;
+    uv_timer_init(loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    s->handles_open++;
+    if ((r = pthread_create(&s->thread, NULL, executor_main, s)) != 0) {
+        r = sw_err(-r, "cannot start the executor thread");
+        goto err_handles;
+    }
+    s->thread_started = 1;
+    if ((r = sw_p2p_node_handle(node, "info", info_open, s)) < 0 ||
+        (r = sw_p2p_node_handle(node, "forward", forward_open, s)) < 0 ||
+        (r = sw_p2p_node_handle(node, "inference", inference_open, s)) < 0)
+        goto err_handles;
+    *out = s;
+    return 0;
+err_handles:
+    /* handles are closed by sw_server_close; the caller runs the loop for it */
+    *out = s;
+    sw_server_close(s, NULL, NULL);
+    *out = NULL;
+    return r;
+err:
+    for (int i = 0; s->spans && i < s->end - s->start; i++)
+        sw_span_free(s->spans[i]);
+    sw_free(s->spans);
+    sw_model_close(s->model);
+    sw_codec_ctx_free(s->codec);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    sw_free(s);
+    return r;
+}
+
+const char *sw_server_model_name(const sw_server_t *s)
+{
+    return s->name;
+}
+
+int sw_server_hidden_size(const sw_server_t *s)
+{
+    return s->H;
+}
+
+/* The drain is over: every call is gone, or the linger time has passed. */
+static void drain_finish(sw_server_t *s)
+{
+    if (s->drain_finished)
+        return;
+    s->drain_finished = 1;
+    uv_timer_stop(&s->drain_timer);
+    if (s->drain_done)
+        s->drain_done(s->drain_arg);
+}
+
+static void drain_linger_check(sw_server_t *s)
+{
+    if (s->drain_fired && !s->sessions && !s->n_forward)
+        drain_finish(s);
+}
+
+static void linger_timeout(uv_timer_t *t)
+{
+    drain_finish(t->data);
+}
+
+/* Steps are done (or the grace is over): end every session, then give the transport up to
+ * SW_SERVER_LINGER_MS to deliver the ends and replies before the node closes. */
+static void drain_fire(sw_server_t *s)
+{
+    if (s->drain_fired)
+        return;
+    s->drain_fired = 1;
+    uv_timer_stop(&s->drain_timer);
+    for (session_t *ss = s->sessions; ss; ss = ss->next)
+        session_end(ss, SW_ESTATE, "server is shutting down; reopen the session elsewhere");
+    uv_timer_start(&s->drain_timer, linger_timeout, SW_SERVER_LINGER_MS, 0);
+    drain_linger_check(s);
+}
+
+static void drain_check(sw_server_t *s)
+{
+    if (s->draining && !s->drain_fired && s->jobs_out == 0)
+        drain_fire(s);
+}
+
+static void drain_timeout(uv_timer_t *t)
+{
+    sw_server_t *s = t->data;
+
+    SW_LOG_W("serve", "grace period over with %d step(s) unfinished; stopping anyway", s->jobs_out);
+    drain_fire(s);
+}
+
+void sw_server_drain(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg)
+{
+    if (s->draining)
+        return;
+    s->draining = 1;
+    s->drain_done = done;
+    s->drain_arg = arg;
+    uv_timer_start(&s->drain_timer, drain_timeout, grace_ms, 0);
+    drain_check(s);
+}
+
+static void srv_maybe_free(sw_server_t *s)
+{
+    void (*done)(void *) = s->close_done;
+    void *arg = s->close_arg;
+
+    if (!s->closing || s->handles_open || s->sessions)
+        return;
+    for (int i = 0; s->spans && i < s->end - s->start; i++)
+        sw_span_free(s->spans[i]);
+    sw_free(s->spans);
+    sw_model_close(s->model);
+    sw_codec_ctx_free(s->codec);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    sw_free(s);
+    if (done)
+        done(arg);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    sw_server_t *s = h->data;
+
+    s->handles_open--;
+    srv_maybe_free(s);
+}
+
+void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg)
+{
+    job_t *list[2];
+
+    s->closing = 1;
+    s->close_done = done;
+    s->close_arg = arg;
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+        s->thread_started = 0;
+    }
+    /* the executor is gone: hand back what it finished and what it never started */
+    list[0] = s->done;
+    list[1] = s->queue;
+    s->done = s->queue = NULL;
+    for (int k = 0; k < 2; k++) {
+        while (list[k]) {
+            job_t *j = list[k];
+            list[k] = j->next;
+            s->jobs_out--;
+            if (k == 1) {
+                j->status = SW_ESTATE;
+                snprintf(j->error, sizeof(j->error), "server is shutting down");
+            }
+            if (j->kind == JOB_STEP)
+                step_finish(s, j);
+            else
+                forward_finish(s, j);
+        }
+    }
+    for (session_t *ss = s->sessions; ss; ss = ss->next)
+        session_end(ss, SW_ESTATE, "server is shutting down");
+    uv_close((uv_handle_t *)&s->async, handle_closed);
+    uv_close((uv_handle_t *)&s->drain_timer, handle_closed);
+}
