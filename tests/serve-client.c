@@ -12,7 +12,8 @@
  *   - bad requests each get their error (wrong span, wrong hidden size, malformed header, body or
  *     payload, over-long session, exhausted cache, step past max_length, rollback past the end,
  *     wrong batch) and the server keeps serving;
- *   - an idle session is ended by the server; a SIGTERM'd server ends its sessions and exits 0.
+ *   - an idle session is ended by the server; a SIGTERM'd server ends its sessions and exits 0
+ *     (all three are stopped so; under ASan that checks the servers for leaks).
  * Needs SWARMD and SW_SOURCE_ROOT. Every wait is bounded; children are killed on exit.
  */
 #include <fcntl.h>
@@ -900,6 +901,16 @@ static void test_sigterm(void)
     child[2] = 0;
     SW_CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x", st);
     sw_free(x);
+    /* the other two, idle, stop cleanly too (under ASan this also checks their leaks) */
+    for (int i = 0; i < 2; i++) {
+        SW_CHECK(kill(child[i], SIGTERM) == 0);
+        end = uv_hrtime() + (uint64_t)WAIT_MS * 1000000ull;
+        while ((w = waitpid(child[i], &st, WNOHANG)) == 0 && uv_hrtime() < end)
+            run_until(&(int){ 0 }, 20);
+        SW_CHECK(w == child[i]);
+        child[i] = 0;
+        SW_CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "server %d: status 0x%x", i, st);
+    }
 }
 
 /* ======================================================================== main */
