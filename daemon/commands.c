@@ -17,6 +17,7 @@
 
 #include "kernels/ops.h"
 #include "p2p/identity.h"
+#include "kernels/device.h"
 #include "pipeline/local.h"
 #include "pipeline/model.h"
 #include "util/alloc.h"
@@ -36,6 +37,22 @@
     "                       and the LM head stay 16-bit.\n" \
     "  --int8-threshold T   LLM.int8() outlier threshold: activation columns with |x| >= T run\n" \
     "                       in floating point (default 6.0; 0 disables the decomposition)\n"
+
+/* --device, shared by eval, generate and inspect */
+#define DEVICE_OPTION { "device", required_argument, NULL, 'D' }
+#define DEVICE_HELP \
+    "  --device D           where the model runs: cpu (default) or cuda[:N] (CUDA GPU N,\n" \
+    "                       default 0; an error if this build or machine has none)\n"
+
+/* Parses --device into *d; 0, or 2 (usage error, message printed). */
+static int device_option(const char *cmd, const char *arg, sw_device_t *d)
+{
+    if (sw_device_parse(arg, d) < 0) {
+        fprintf(stderr, "swarmd %s: %s\n", cmd, sw_err_detail());
+        return 2;
+    }
+    return 0;
+}
 
 static void progress_line(void *ctx, int block, int done, int total)
 {
@@ -145,6 +162,7 @@ static void eval_usage(FILE *f)
             "  --model DIR         Hugging Face checkpoint directory (config.json + *.safetensors)\n"
             "  --tokens IDS        prompt token ids, comma-separated: 1,2,3\n"
             "  --logits-out FILE   also write the raw logits: float32, T x V, row-major, little-endian\n"
+            DEVICE_HELP
             QUANT_HELP
             "  -h, --help          this help\n");
 }
@@ -155,6 +173,7 @@ int sw_cmd_eval(int argc, char **argv)
         { "model", required_argument, NULL, 'm' },
         { "tokens", required_argument, NULL, 't' },
         { "logits-out", required_argument, NULL, 'o' },
+        DEVICE_OPTION,
         QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -164,6 +183,7 @@ int sw_cmd_eval(int argc, char **argv)
     int32_t *ids = NULL;
     float *logits = NULL;
     sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
+    sw_device_t dev = { SW_DEVICE_CPU, 0 };
     int c, T = 0, V, r, rc = 1;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -171,6 +191,10 @@ int sw_cmd_eval(int argc, char **argv)
         case 'Q':
         case 'X':
             if (quant_option("eval", c, optarg, &lo))
+                return 2;
+            break;
+        case 'D':
+            if (device_option("eval", optarg, &dev))
                 return 2;
             break;
         case 'm': model = optarg; break;
@@ -189,7 +213,7 @@ int sw_cmd_eval(int argc, char **argv)
         fprintf(stderr, "swarmd eval: %s\n", sw_err_detail());
         return 2;
     }
-    r = sw_local_open(model, 1, T, &lo, &l);
+    r = sw_local_open_on(model, 1, T, &lo, &dev, &l);
     if (r < 0) {
         rc = fail("eval", "cannot load the model", r);
         goto out;
@@ -247,6 +271,7 @@ static void generate_usage(FILE *f)
             "  --prompt-ids IDS     prompt token ids, comma-separated: 1,2,3\n"
             "  --max-new-tokens N   tokens to generate (default 16)\n"
             "  --max-len N          context length to reserve (default: prompt + new tokens)\n"
+            DEVICE_HELP
             QUANT_HELP
             "  -h, --help           this help\n");
 }
@@ -268,6 +293,7 @@ int sw_cmd_generate(int argc, char **argv)
         { "prompt-ids", required_argument, NULL, 'p' },
         { "max-new-tokens", required_argument, NULL, 'n' },
         { "max-len", required_argument, NULL, 'L' },
+        DEVICE_OPTION,
         QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -277,12 +303,17 @@ int sw_cmd_generate(int argc, char **argv)
     int32_t *ids = NULL, *out_ids = NULL;
     sw_local_t *l = NULL;
     sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
+    sw_device_t dev = { SW_DEVICE_CPU, 0 };
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'Q':
         case 'X':
             if (quant_option("generate", c, optarg, &lo))
+                return 2;
+            break;
+        case 'D':
+            if (device_option("generate", optarg, &dev))
                 return 2;
             break;
         case 'l': local = 1; break;
@@ -327,7 +358,7 @@ int sw_cmd_generate(int argc, char **argv)
         rc = fail("generate", "out of memory", -ENOMEM);
         goto out;
     }
-    r = sw_local_open(model, 1, max_len, &lo, &l);
+    r = sw_local_open_on(model, 1, max_len, &lo, &dev, &l);
     if (r < 0) {
         rc = fail("generate", "cannot load the model", r);
         goto out;
@@ -358,6 +389,9 @@ static void inspect_usage(FILE *f)
             "and Int8, with bits per parameter.\n"
             "\n"
             "  --model DIR          Hugging Face checkpoint directory\n"
+            DEVICE_HELP
+            "                       (inspect: also loads the blocks onto that GPU and prints the\n"
+            "                       device memory they take)\n"
             QUANT_HELP
             "                       (inspect: the \"as loaded\" column shows the blocks so loaded)\n"
             "  -h, --help           this help\n");
@@ -375,11 +409,14 @@ int sw_cmd_inspect(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
+        DEVICE_OPTION,
         QUANT_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model = NULL;
+    sw_device_t dev = { SW_DEVICE_CPU, 0 };
+    sw_cuda_ctx_t *cuda = NULL;
     const sw_model_config_t *cfg;
     sw_model_t *m = NULL;
     sw_span_t *span = NULL;
@@ -396,6 +433,10 @@ int sw_cmd_inspect(int argc, char **argv)
             if (quant_option("inspect", c, optarg, &lo))
                 return 2;
             break;
+        case 'D':
+            if (device_option("inspect", optarg, &dev))
+                return 2;
+            break;
         case 'h': inspect_usage(stdout); return 0;
         default: inspect_usage(stderr); return 2;
         }
@@ -405,6 +446,8 @@ int sw_cmd_inspect(int argc, char **argv)
         inspect_usage(stderr);
         return 2;
     }
+    if ((r = sw_device_check(&dev)) < 0)
+        return fail("inspect", "cannot use the device", r);
     r = sw_model_open(model, &m);
     if (r < 0)
         return fail("inspect", "cannot open the model", r);
@@ -479,9 +522,25 @@ int sw_cmd_inspect(int argc, char **argv)
         printf("(nf4: blocks of 64 with double-quantized absmax; int8: LLM.int8() with one scale per "
                "row; embeddings, norms and the LM head stay as stored)\n");
     }
+    if (dev.kind == SW_DEVICE_CUDA) {
+        char name[256];
+        size_t free0 = 0, free1 = 0, total = 0;
+        if ((r = sw_cuda_device_name(dev.index, name, sizeof(name))) < 0 ||
+            (r = sw_cuda_ctx_create(dev.index, &cuda)) < 0 ||
+            (r = sw_cuda_mem_info(cuda, &free0, &total)) < 0 ||
+            (r = sw_span_to_cuda(span, cuda)) < 0 ||
+            (r = sw_cuda_mem_info(cuda, &free1, &total)) < 0) {
+            rc = fail("inspect", "the blocks do not load onto the GPU", r);
+            goto out;
+        }
+        printf("\ndevice cuda:%d (%s): the blocks take %.1f MiB of GPU memory; %.1f of %.1f MiB "
+               "free after loading\n", dev.index, name, (double)(free0 - free1) / (1 << 20),
+               (double)free1 / (1 << 20), (double)total / (1 << 20));
+    }
     rc = 0;
 out:
     sw_span_free(span);
+    sw_cuda_ctx_free(cuda);
     sw_model_close(m);
     return rc;
 }

@@ -13,6 +13,7 @@ struct sw_local {
     sw_head_t *head;
     sw_span_t *span;
     sw_kv_t *kv;
+    sw_cuda_ctx_t *cuda; /* NULL: CPU */
     int B, max_len;
     float *x;       /* (B, max_len, H) hidden states */
     float *last;    /* (B, H) the last position of each sequence */
@@ -21,10 +22,21 @@ struct sw_local {
 int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
                   sw_local_t **out)
 {
+    return sw_local_open_on(dir, B, max_len, opts, NULL, out);
+}
+
+int sw_local_open_on(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
+                     const sw_device_t *dev, sw_local_t **out)
+{
     const sw_model_config_t *c;
     sw_local_t *l;
     int r;
 
+    *out = NULL;
+    if (dev && dev->kind == SW_DEVICE_CUDA && (r = sw_device_check(dev)) < 0)
+        return r;
+    if (B < 1 || max_len < 1 || (size_t)B * (size_t)max_len > (1u << 30))
+        return sw_err(-EINVAL, "batch %d x %d positions is out of range", B, max_len);
     l = sw_calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
@@ -34,8 +46,15 @@ int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opt
         goto err;
     c = sw_model_config(l->model);
     if ((r = sw_head_load(l->model, &l->head)) < 0 ||
-        (r = sw_span_load(l->model, 0, c->num_layers, opts, &l->span)) < 0 ||
-        (r = sw_kv_create(l->span, B, max_len, &l->kv)) < 0)
+        (r = sw_span_load(l->model, 0, c->num_layers, opts, &l->span)) < 0)
+        goto err;
+    if (dev && dev->kind == SW_DEVICE_CUDA) {
+        if ((r = sw_cuda_ctx_create(dev->index, &l->cuda)) < 0 ||
+            (r = sw_span_to_cuda(l->span, l->cuda)) < 0 ||
+            (r = sw_head_to_cuda(l->head, l->cuda, B * max_len)) < 0)
+            goto err;
+    }
+    if ((r = sw_kv_create(l->span, B, max_len, &l->kv)) < 0)
         goto err;
     l->x = sw_alloc_aligned(64, (size_t)B * max_len * c->hidden_size * sizeof(float));
     l->last = sw_alloc_aligned(64, (size_t)B * c->hidden_size * sizeof(float));
@@ -59,6 +78,7 @@ void sw_local_close(sw_local_t *l)
     sw_kv_free(l->kv);
     sw_span_free(l->span);
     sw_head_free(l->head);
+    sw_cuda_ctx_free(l->cuda); /* after everything that borrows it */
     sw_model_close(l->model);
     sw_free(l);
 }
@@ -98,14 +118,11 @@ int sw_local_forward(sw_local_t *l, const sw_ops_t *ops, const int32_t *ids, int
     r = sw_span_forward(l->span, l->kv, ops, l->x, l->B, T);
     if (r < 0)
         return r;
-    if (all_positions) {
-        sw_head_logits(l->head, ops, l->x, l->B * T, logits);
-        return 0;
-    }
+    if (all_positions)
+        return sw_head_logits(l->head, ops, l->x, l->B * T, logits);
     for (int b = 0; b < l->B; b++)
         memcpy(l->last + b * H, l->x + ((size_t)b * T + T - 1) * H, H * sizeof(float));
-    sw_head_logits(l->head, ops, l->last, l->B, logits);
-    return 0;
+    return sw_head_logits(l->head, ops, l->last, l->B, logits);
 }
 
 int sw_argmax(const float *v, int n)

@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "../kernels/device.h"
 #include "model.h"
 
 typedef struct sw_local sw_local_t;
@@ -18,6 +19,14 @@ typedef struct sw_local sw_local_t;
  */
 int sw_local_open(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
                   sw_local_t **out);
+/*
+ * As sw_local_open on device dev (NULL: the CPU). For a CUDA device the local run makes its own
+ * context on it and puts the head and every block there (sw_span_to_cuda, sw_head_to_cuda);
+ * the ops arguments below are then unused. A CUDA device that this build or this machine lacks
+ * is an error that says so (SW_EUNSUPPORTED / SW_EDEVICE); nothing falls back silently.
+ */
+int sw_local_open_on(const char *dir, int B, int max_len, const sw_load_opts_t *opts,
+                     const sw_device_t *dev, sw_local_t **out);
 void sw_local_close(sw_local_t *l);
 const sw_model_config_t *sw_local_config(const sw_local_t *l);
 sw_kv_t *sw_local_kv(sw_local_t *l);

@@ -37,7 +37,10 @@ struct sw_model {
 struct sw_span {
     const sw_model_config_t *cfg;
     int a, b;
-    block_t *blocks; /* b - a */
+    block_t *blocks;     /* b - a; on a GPU every pointer in them is device memory */
+    sw_cuda_ctx_t *cuda; /* NULL: CPU */
+    void *dmem;          /* the device allocation holding every weight of the span */
+    sw_qstate_t *dqs;    /* (b - a) * SW_BLOCK_LINEARS host states of device NF4 weights */
 };
 
 struct sw_kv {
@@ -47,9 +50,13 @@ struct sw_kv {
     float *k, *v;        /* per block: (B, NKV, max_len, HD) */
     /* scratch for B * SW_CHUNK rows */
     float *h, *xn, *q, *kn, *vn, *att, *gate, *up, *tmp;
-    float *attn_scratch; /* sw_attention_scratch_floats(max_len) */
-    float *inv_freq;     /* HD/2 */
-    int32_t *pos;        /* B * SW_CHUNK */
+    float *attn_scratch; /* sw_attention_scratch_floats(max_len) (CPU only) */
+    float *inv_freq;     /* HD/2, host */
+    int32_t *pos;        /* B * SW_CHUNK, host */
+    /* GPU span: k, v, h, xn, q, kn, vn, att, gate, up, tmp point into these device allocations */
+    void *dkv, *dact;
+    float *dinv_freq;    /* HD/2 */
+    int32_t *dpos;       /* B * SW_CHUNK */
 };
 
 struct sw_head {
@@ -57,6 +64,12 @@ struct sw_head {
     sw_tensor_t embed;   /* (V, H) */
     sw_tensor_t lm_head; /* (V, H); a view of embed when tied */
     float *norm;         /* (H) */
+    /* on a GPU: the three above are device memory inside dmem */
+    sw_cuda_ctx_t *cuda;
+    void *dmem, *dact;
+    int max_rows;
+    int32_t *dids;       /* (max_rows) */
+    float *dx, *dlogits; /* (max_rows, H), (max_rows, V) */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -281,10 +294,122 @@ void sw_span_free(sw_span_t *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < s->b - s->a; i++)
-        block_free(&s->blocks[i]);
+    if (s->cuda) {
+        sw_cuda_free(s->cuda, s->dmem);
+        sw_free(s->dqs);
+    } else {
+        for (int i = 0; i < s->b - s->a; i++)
+            block_free(&s->blocks[i]);
+    }
     sw_free(s->blocks);
     sw_free(s);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* moving to a GPU (loading thread)                                                            */
+
+static size_t align256(size_t n)
+{
+    return (n + 255) & ~(size_t)255;
+}
+
+/* The fp32 vectors of a block with their lengths, in a fixed order (NULL entries skipped). */
+static int block_vectors(const sw_model_config_t *c, block_t *bl, float ***vp, int64_t *len)
+{
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KD = (int64_t)c->num_kv_heads * c->head_dim;
+    float **v[9] = { &bl->bq, &bl->bk, &bl->bv, &bl->bo, &bl->bg, &bl->bu, &bl->bd,
+                     &bl->attn_norm, &bl->mlp_norm };
+    const int64_t n[9] = { QD, KD, KD, H, I, I, H, H, H };
+
+    memcpy(vp, v, sizeof(v));
+    memcpy(len, n, sizeof(n));
+    return 9;
+}
+
+int sw_span_to_cuda(sw_span_t *s, sw_cuda_ctx_t *ctx)
+{
+    int nb = s->b - s->a, r = 0;
+    size_t total = 0, off = 0;
+    block_t *dev = NULL;
+    sw_qstate_t *dqs = NULL;
+    uint8_t *mem = NULL;
+
+    if (s->cuda)
+        return sw_err(-EINVAL, "span is already on a GPU");
+    for (int i = 0; i < nb; i++) {
+        block_t *bl = &s->blocks[i];
+        sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu, &bl->wd };
+        float **vp[9];
+        int64_t len[9];
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++) {
+            size_t n = sw_cuda_tensor_device_bytes(mats[k]);
+            if (n == 0)
+                return sw_err(SW_EUNSUPPORTED, "block %d %s: %s weights cannot run on the GPU "
+                              "yet (use --quant nf4 or a 16/32-bit checkpoint, or --device cpu)",
+                              s->a + i, sw_block_linear_names[k], sw_dtype_name(mats[k]->dtype));
+            total += align256(n);
+        }
+        for (int j = 0, nv = block_vectors(s->cfg, bl, vp, len); j < nv; j++)
+            if (*vp[j])
+                total += align256((size_t)len[j] * sizeof(float));
+    }
+    dev = sw_calloc((size_t)nb, sizeof(*dev));
+    dqs = sw_calloc((size_t)nb * SW_BLOCK_LINEARS, sizeof(*dqs));
+    if (!dev || !dqs) {
+        r = -ENOMEM;
+        goto err;
+    }
+    if ((r = sw_cuda_alloc(ctx, total, (void **)&mem)) < 0) {
+        r = sw_err(r, "not enough GPU memory for the weights of blocks [%d, %d) (%.1f MiB): %s",
+                   s->a, s->b, (double)total / (1 << 20), sw_err_detail());
+        goto err;
+    }
+    for (int i = 0; i < nb; i++) {
+        block_t *bl = &s->blocks[i], *db = &dev[i];
+        const sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu,
+                                      &bl->wd };
+        sw_tensor_t *dmats[] = { &db->wq, &db->wk, &db->wv, &db->wo, &db->wg, &db->wu, &db->wd };
+        float **vp[9], **dvp[9];
+        int64_t len[9];
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++) {
+            r = sw_cuda_tensor_upload_at(ctx, mats[k], mem + off,
+                                         &dqs[(size_t)i * SW_BLOCK_LINEARS + k], dmats[k]);
+            if (r < 0)
+                goto err;
+            off += align256(sw_cuda_tensor_device_bytes(mats[k]));
+        }
+        block_vectors(s->cfg, db, dvp, len);
+        for (int j = 0, nv = block_vectors(s->cfg, bl, vp, len); j < nv; j++) {
+            if (!*vp[j])
+                continue;
+            if ((r = sw_cuda_upload(ctx, mem + off, *vp[j], (size_t)len[j] * 4)) < 0)
+                goto err;
+            *dvp[j] = (float *)(mem + off);
+            off += align256((size_t)len[j] * sizeof(float));
+        }
+    }
+    for (int i = 0; i < nb; i++) {
+        block_free(&s->blocks[i]);
+        s->blocks[i] = dev[i];
+    }
+    sw_free(dev);
+    s->cuda = ctx;
+    s->dmem = mem;
+    s->dqs = dqs;
+    SW_LOG_I("model", "blocks [%d, %d) on the GPU: %.1f MiB of weights", s->a, s->b,
+             (double)total / (1 << 20));
+    return 0;
+err:
+    sw_cuda_free(ctx, mem);
+    sw_free(dev);
+    sw_free(dqs);
+    return r;
+}
+
+sw_cuda_ctx_t *sw_span_cuda(const sw_span_t *s)
+{
+    return s->cuda;
 }
 
 int sw_span_start(const sw_span_t *s)
@@ -326,6 +451,58 @@ size_t sw_span_block_bytes(const sw_span_t *s, int block)
 /* ------------------------------------------------------------------------------------------ */
 /* KV caches                                                                                   */
 
+/*
+ * The device side of sw_kv_create: the cache (k then v) in one allocation, the activations of
+ * B * SW_CHUNK rows (and positions, frequencies) in another, the matmul workspace reserved for
+ * the span's largest linear in either mode; host pos and inv_freq as on the CPU.
+ */
+static int kv_create_cuda(sw_kv_t *kv, size_t rows, size_t cache)
+{
+    const sw_span_t *s = kv->span;
+    const sw_model_config_t *c = s->cfg;
+    size_t QD = (size_t)c->num_heads * c->head_dim, KD = (size_t)c->num_kv_heads * c->head_dim;
+    size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, ws = 0, off = 0;
+    const size_t n[] = { rows * H, rows * H, rows * QD, rows * KD, rows * KD, rows * QD,
+                         rows * I, rows * I, rows * H, (size_t)c->head_dim / 2, rows };
+    float **p[] = { &kv->h, &kv->xn, &kv->q, &kv->kn, &kv->vn, &kv->att, &kv->gate, &kv->up,
+                    &kv->tmp, &kv->dinv_freq, (float **)&kv->dpos };
+    size_t act = 0;
+    int r;
+
+    kv->inv_freq = sw_alloc_aligned(64, (size_t)c->head_dim / 2 * sizeof(float));
+    kv->pos = sw_alloc_aligned(64, rows * sizeof(int32_t));
+    if (!kv->inv_freq || !kv->pos)
+        return -ENOMEM;
+    for (size_t i = 0; i < sizeof(n) / sizeof(n[0]); i++)
+        act += align256(n[i] * 4);
+    if ((r = sw_cuda_alloc(s->cuda, 2 * cache * sizeof(float), &kv->dkv)) < 0 ||
+        (r = sw_cuda_alloc(s->cuda, act, &kv->dact)) < 0)
+        return sw_err(r, "not enough GPU memory for a KV cache of batch %d x %d positions over "
+                      "%d blocks (%.1f MiB) and its activations (%.1f MiB); lower the batch or "
+                      "the context length: %s", kv->B, kv->max_len, s->b - s->a,
+                      2.0 * (double)cache * 4 / (1 << 20), (double)act / (1 << 20),
+                      sw_err_detail());
+    kv->k = kv->dkv;
+    kv->v = kv->k + cache;
+    for (size_t i = 0; i < sizeof(n) / sizeof(n[0]); i++) {
+        *p[i] = (float *)((uint8_t *)kv->dact + off);
+        off += align256(n[i] * 4);
+    }
+    for (int i = 0; i < s->b - s->a; i++) {
+        const block_t *bl = &s->blocks[i];
+        const sw_tensor_t *mats[] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo, &bl->wg, &bl->wu,
+                                      &bl->wd };
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++)
+            for (int mode = 0; mode < 2; mode++) {
+                size_t b = sw_cuda_matmul_workspace_bytes((sw_cuda_matmul_mode_t)mode,
+                                                          mats[k]->dtype, (int)rows,
+                                                          mats[k]->shape[0], mats[k]->shape[1]);
+                ws = b > ws ? b : ws;
+            }
+    }
+    return sw_cuda_ctx_reserve(s->cuda, ws);
+}
+
 int sw_kv_create(const sw_span_t *s, int B, int max_len, sw_kv_t **out)
 {
     const sw_model_config_t *c = s->cfg;
@@ -343,6 +520,15 @@ int sw_kv_create(const sw_span_t *s, int B, int max_len, sw_kv_t **out)
     kv->B = B;
     kv->max_len = max_len;
     cache = (size_t)(s->b - s->a) * (size_t)B * KD * (size_t)max_len;
+    if (s->cuda) {
+        int r = kv_create_cuda(kv, rows, cache);
+        if (r < 0) {
+            sw_kv_free(kv);
+            return r;
+        }
+        *out = kv;
+        return 0;
+    }
     kv->k = sw_alloc_aligned(64, cache * sizeof(float));
     kv->v = sw_alloc_aligned(64, cache * sizeof(float));
     kv->h = sw_alloc_aligned(64, rows * H * sizeof(float));
@@ -372,6 +558,14 @@ void sw_kv_free(sw_kv_t *kv)
 {
     if (!kv)
         return;
+    if (kv->span->cuda) {
+        sw_cuda_free(kv->span->cuda, kv->dkv);
+        sw_cuda_free(kv->span->cuda, kv->dact);
+        sw_free(kv->inv_freq);
+        sw_free(kv->pos);
+        sw_free(kv);
+        return;
+    }
     sw_free(kv->k);
     sw_free(kv->v);
     sw_free(kv->h);
@@ -452,6 +646,80 @@ static void block_forward(const sw_kv_t *kv, const block_t *bl, int li, const sw
     ops->add(kv->h, kv->tmp, (size_t)M * H);
 }
 
+/* One block on the GPU: block_forward with the ops of kernels/cuda/backend.h. */
+static int block_forward_cuda(const sw_kv_t *kv, const block_t *bl, int li, int B, int Tc,
+                              int pos0, float attn_factor)
+{
+    const sw_model_config_t *c = kv->span->cfg;
+    sw_cuda_ctx_t *g = kv->span->cuda;
+    int H = c->hidden_size, NH = c->num_heads, NKV = c->num_kv_heads, HD = c->head_dim;
+    int M = B * Tc, I = c->intermediate_size, max_len = kv->max_len, r;
+    size_t KD = (size_t)NKV * HD, layer_off = (size_t)li * kv->B * KD * max_len;
+    float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+
+    if ((r = sw_cuda_rmsnorm(g, kv->xn, kv->h, bl->attn_norm, M, H, c->rms_norm_eps)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->q, kv->xn, &bl->wq, bl->bq, M)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->kn, kv->xn, &bl->wk, bl->bk, M)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->vn, kv->xn, &bl->wv, bl->bv, M)) < 0 ||
+        (r = sw_cuda_rope(g, kv->q, kv->dpos, M, NH, HD, kv->dinv_freq, attn_factor)) < 0 ||
+        (r = sw_cuda_rope(g, kv->kn, kv->dpos, M, NKV, HD, kv->dinv_freq, attn_factor)) < 0 ||
+        (r = sw_cuda_kv_append(g, kc, vc, kv->kn, kv->vn, B, Tc, pos0, max_len, NKV, HD)) < 0 ||
+        (r = sw_cuda_attention(g, kv->att, kv->q, kc, vc, B, Tc, pos0, max_len, NH, NKV, HD,
+                               sw_model_layer_window(c, kv->span->a + li),
+                               1.0f / sqrtf((float)HD))) < 0 ||
+        (r = sw_cuda_matmul(g, kv->tmp, kv->att, &bl->wo, bl->bo, M)) < 0 ||
+        (r = sw_cuda_add(g, kv->h, kv->tmp, (size_t)M * H)) < 0 ||
+        (r = sw_cuda_rmsnorm(g, kv->xn, kv->h, bl->mlp_norm, M, H, c->rms_norm_eps)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->gate, kv->xn, &bl->wg, bl->bg, M)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->up, kv->xn, &bl->wu, bl->bu, M)) < 0 ||
+        (r = sw_cuda_swiglu(g, kv->gate, kv->gate, kv->up, (size_t)M * I)) < 0 ||
+        (r = sw_cuda_matmul(g, kv->tmp, kv->gate, &bl->wd, bl->bd, M)) < 0 ||
+        (r = sw_cuda_add(g, kv->h, kv->tmp, (size_t)M * H)) < 0)
+        return r;
+    return 0;
+}
+
+/*
+ * sw_span_forward on the GPU: per chunk, the hidden states and positions go up, every block runs
+ * on the device, the hidden states come back. The chunk's uploads synchronize, so x may be
+ * reused as soon as this returns.
+ */
+static int span_forward_cuda(const sw_span_t *s, sw_kv_t *kv, float *x, int B, int T)
+{
+    sw_cuda_ctx_t *g = s->cuda;
+    size_t H = (size_t)s->cfg->hidden_size;
+    float attn_factor;
+    int r;
+
+    sw_rope_inv_freq(s->cfg, sw_rope_dynamic_len(s->cfg, &kv->rope_cached, (int64_t)kv->len + T),
+                     kv->inv_freq, &attn_factor);
+    if ((r = sw_cuda_upload(g, kv->dinv_freq, kv->inv_freq,
+                            (size_t)s->cfg->head_dim / 2 * sizeof(float))) < 0)
+        return r;
+    for (int t0 = 0; t0 < T; t0 += SW_CHUNK) {
+        int Tc = T - t0 < SW_CHUNK ? T - t0 : SW_CHUNK, pos0 = kv->len + t0;
+        for (int b = 0; b < B; b++) {
+            if ((r = sw_cuda_upload(g, kv->h + (size_t)b * Tc * H, x + ((size_t)b * T + t0) * H,
+                                    (size_t)Tc * H * sizeof(float))) < 0)
+                return r;
+            for (int t = 0; t < Tc; t++)
+                kv->pos[b * Tc + t] = pos0 + t;
+        }
+        if ((r = sw_cuda_upload(g, kv->dpos, kv->pos, (size_t)B * Tc * sizeof(int32_t))) < 0)
+            return r;
+        for (int i = 0; i < s->b - s->a; i++)
+            if ((r = block_forward_cuda(kv, &s->blocks[i], i, B, Tc, pos0, attn_factor)) < 0)
+                return r;
+        for (int b = 0; b < B; b++)
+            if ((r = sw_cuda_download(g, x + ((size_t)b * T + t0) * H,
+                                      kv->h + (size_t)b * Tc * H,
+                                      (size_t)Tc * H * sizeof(float))) < 0)
+                return r;
+    }
+    kv->len += T;
+    return 0;
+}
+
 int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float *x, int B, int T)
 {
     const sw_model_config_t *c = s->cfg;
@@ -465,6 +733,8 @@ int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float 
     if (T < 1 || T > kv->max_len - kv->len)
         return sw_err(SW_ELIMIT, "%d new tokens do not fit: %d of %d positions are used; start "
                       "a new session or raise the context length", T, kv->len, kv->max_len);
+    if (s->cuda)
+        return span_forward_cuda(s, kv, x, B, T);
     /* transformers computes the frequencies once per forward, from its largest position */
     sw_rope_inv_freq(c, sw_rope_dynamic_len(c, &kv->rope_cached, (int64_t)kv->len + T),
                      kv->inv_freq, &attn_factor);
@@ -535,10 +805,74 @@ void sw_head_free(sw_head_t *h)
 {
     if (!h)
         return;
+    if (h->cuda) {
+        sw_cuda_free(h->cuda, h->dmem);
+        sw_cuda_free(h->cuda, h->dact);
+        sw_free(h);
+        return;
+    }
     sw_qtensor_free(&h->lm_head);
     sw_qtensor_free(&h->embed);
     sw_free(h->norm);
     sw_free(h);
+}
+
+int sw_head_to_cuda(sw_head_t *h, sw_cuda_ctx_t *ctx, int max_rows)
+{
+    const sw_model_config_t *c = h->cfg;
+    size_t H = (size_t)c->hidden_size, V = (size_t)c->vocab_size, ws = 0;
+    size_t ne = align256(sw_cuda_tensor_device_bytes(&h->embed)), nn = align256(H * 4);
+    size_t nl = c->tie_word_embeddings ? 0 : align256(sw_cuda_tensor_device_bytes(&h->lm_head));
+    size_t ni = align256((size_t)max_rows * 4), nx = align256((size_t)max_rows * H * 4);
+    size_t nlog = align256((size_t)max_rows * V * 4);
+    sw_tensor_t de, dl;
+    sw_qstate_t unused;
+    uint8_t *mem = NULL, *act = NULL;
+    int r;
+
+    if (h->cuda)
+        return sw_err(-EINVAL, "head is already on a GPU");
+    if (max_rows < 1)
+        return sw_err(-EINVAL, "head on the GPU needs max_rows >= 1");
+    if ((r = sw_cuda_alloc(ctx, ne + nn + nl, (void **)&mem)) < 0 ||
+        (r = sw_cuda_alloc(ctx, ni + nx + nlog, (void **)&act)) < 0) {
+        r = sw_err(r, "not enough GPU memory for the embeddings and LM head (%.1f MiB) and %d "
+                   "rows of logits (%.1f MiB): %s", (double)(ne + nn + nl) / (1 << 20),
+                   max_rows, (double)nlog / (1 << 20), sw_err_detail());
+        goto err;
+    }
+    if ((r = sw_cuda_tensor_upload_at(ctx, &h->embed, mem, &unused, &de)) < 0 ||
+        (r = sw_cuda_upload(ctx, mem + ne, h->norm, H * 4)) < 0)
+        goto err;
+    dl = de;
+    if (!c->tie_word_embeddings &&
+        (r = sw_cuda_tensor_upload_at(ctx, &h->lm_head, mem + ne + nn, &unused, &dl)) < 0)
+        goto err;
+    for (int mode = 0; mode < 2; mode++) {
+        size_t b = sw_cuda_matmul_workspace_bytes((sw_cuda_matmul_mode_t)mode, dl.dtype,
+                                                  max_rows, (int64_t)V, (int64_t)H);
+        ws = b > ws ? b : ws;
+    }
+    if ((r = sw_cuda_ctx_reserve(ctx, ws)) < 0)
+        goto err;
+    sw_qtensor_free(&h->lm_head);
+    sw_qtensor_free(&h->embed);
+    sw_free(h->norm);
+    h->embed = de;
+    h->lm_head = dl;
+    h->norm = (float *)(mem + ne);
+    h->cuda = ctx;
+    h->dmem = mem;
+    h->dact = act;
+    h->max_rows = max_rows;
+    h->dids = (int32_t *)act;
+    h->dx = (float *)(act + ni);
+    h->dlogits = (float *)(act + ni + nx);
+    return 0;
+err:
+    sw_cuda_free(ctx, mem);
+    sw_cuda_free(ctx, act);
+    return r;
 }
 
 size_t sw_head_lm_bytes(const sw_head_t *h)
@@ -552,12 +886,40 @@ int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, i
         if (ids[i] < 0 || ids[i] >= h->cfg->vocab_size)
             return sw_err(-EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[i],
                           h->cfg->vocab_size);
+    if (h->cuda) {
+        size_t H = (size_t)h->cfg->hidden_size;
+        int r;
+        if (M > h->max_rows)
+            return sw_err(SW_ELIMIT, "%d rows exceed the %d the head was sized for", M,
+                          h->max_rows);
+        if ((r = sw_cuda_upload(h->cuda, h->dids, ids, (size_t)M * sizeof(int32_t))) < 0 ||
+            (r = sw_cuda_embed(h->cuda, h->dx, &h->embed, h->dids, M)) < 0 ||
+            (r = sw_cuda_download(h->cuda, x, h->dx, (size_t)M * H * sizeof(float))) < 0)
+            return r;
+        return 0;
+    }
     ops->embed(x, &h->embed, ids, M);
     return 0;
 }
 
-void sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits)
+int sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits)
 {
+    if (h->cuda) {
+        size_t H = (size_t)h->cfg->hidden_size, V = (size_t)h->cfg->vocab_size;
+        int r;
+        if (M > h->max_rows)
+            return sw_err(SW_ELIMIT, "%d rows exceed the %d the head was sized for", M,
+                          h->max_rows);
+        if ((r = sw_cuda_upload(h->cuda, h->dx, x, (size_t)M * H * sizeof(float))) < 0 ||
+            (r = sw_cuda_rmsnorm(h->cuda, h->dx, h->dx, h->norm, M, (int)H,
+                                 h->cfg->rms_norm_eps)) < 0 ||
+            (r = sw_cuda_matmul(h->cuda, h->dlogits, h->dx, &h->lm_head, NULL, M)) < 0 ||
+            (r = sw_cuda_download(h->cuda, logits, h->dlogits, (size_t)M * V * sizeof(float))) < 0 ||
+            (r = sw_cuda_download(h->cuda, x, h->dx, (size_t)M * H * sizeof(float))) < 0)
+            return r;
+        return 0;
+    }
     ops->rmsnorm(x, x, h->norm, M, h->cfg->hidden_size, h->cfg->rms_norm_eps);
     ops->matmul(logits, x, &h->lm_head, NULL, M);
+    return 0;
 }

@@ -11,6 +11,13 @@
  *
  * Threads: a span and its KV caches are driven by one thread at a time (the device executor);
  * the ops parallelise internally.
+ *
+ * Devices: a span or head is loaded on the CPU and may then be moved to a GPU once
+ * (sw_span_to_cuda, sw_head_to_cuda): its weights are copied into one device allocation and the
+ * host copies are dropped; a KV cache made for such a span keeps its cache and activations in
+ * device memory (one allocation each, sized at creation), and the forward functions run on the
+ * GPU through kernels/cuda/backend.h. Their arguments stay host memory: hidden states, ids and
+ * logits are copied in and out at the span/head boundary, and the `ops` argument is unused.
  */
 #ifndef SW_PIPELINE_MODEL_H
 #define SW_PIPELINE_MODEL_H
@@ -18,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../kernels/cuda/backend.h"
 #include "../kernels/ops.h"
 #include "config.h"
 #include "safetensors.h"
@@ -60,6 +68,14 @@ typedef struct sw_span sw_span_t;
  */
 int sw_span_load(sw_model_t *m, int a, int b, const sw_load_opts_t *opts, sw_span_t **out);
 void sw_span_free(sw_span_t *s);
+/*
+ * Moves the span's weights to the GPU of ctx (one device allocation; F32/F16/BF16 and NF4
+ * weights) and frees their host copies. Call before sw_kv_create. The span borrows ctx: free the
+ * span (and its caches) before the context. On failure the span is unchanged (still on the CPU).
+ */
+int sw_span_to_cuda(sw_span_t *s, sw_cuda_ctx_t *ctx);
+/* The context a span runs on, or NULL for the CPU. */
+sw_cuda_ctx_t *sw_span_cuda(const sw_span_t *s);
 int sw_span_start(const sw_span_t *s);
 int sw_span_end(const sw_span_t *s);
 /* Bytes of weights one block reads per token (matrices with their quantization state, norms,
@@ -70,7 +86,9 @@ size_t sw_span_linear_bytes(const sw_span_t *s, int block, int k);
 
 /*
  * KV cache and scratch for B sequences of up to max_len positions through span s. All buffers
- * are allocated here, once, so sw_span_forward allocates nothing.
+ * are allocated here, once, so sw_span_forward allocates nothing. For a span on a GPU the cache
+ * and the activations are device memory (one allocation each), and the context's matmul
+ * workspace is reserved here too; not enough device memory is SW_EDEVICE, nothing crashes.
  */
 typedef struct sw_kv sw_kv_t;
 
@@ -91,6 +109,7 @@ int sw_kv_truncate(sw_kv_t *kv, int len);
  * exceed max_len (nothing is changed then).
  */
 int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float *x, int B, int T);
+/* x stays host memory for a span on a GPU: it is copied in and out; ops may then be NULL. */
 
 /* ---- client-side parts: embeddings, final norm, LM head ---- */
 
@@ -98,11 +117,19 @@ typedef struct sw_head sw_head_t;
 
 int sw_head_load(sw_model_t *m, sw_head_t **out);
 void sw_head_free(sw_head_t *h);
+/*
+ * Moves the embeddings, final norm and LM head to the GPU of ctx (one device allocation) and
+ * makes device buffers for up to max_rows rows of ids, hidden states and logits (one more);
+ * sw_head_embed/sw_head_logits then run there with more than max_rows rows refused (SW_ELIMIT).
+ * Borrows ctx as sw_span_to_cuda does. On failure the head is unchanged.
+ */
+int sw_head_to_cuda(sw_head_t *h, sw_cuda_ctx_t *ctx, int max_rows);
 /* Bytes the final norm and the LM head read per token. */
 size_t sw_head_lm_bytes(const sw_head_t *h);
 /* x (M, H) = embeddings of ids (M); fails with -EINVAL naming the id if one is >= V or < 0. */
 int sw_head_embed(const sw_head_t *h, const sw_ops_t *ops, const int32_t *ids, int M, float *x);
-/* logits (M, V) = lm_head(norm(x)); x (M, H) is overwritten with the normed states. */
-void sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits);
+/* logits (M, V) = lm_head(norm(x)); x (M, H) is overwritten with the normed states. Fails only
+ * on a GPU (device errors, or M above max_rows). */
+int sw_head_logits(const sw_head_t *h, const sw_ops_t *ops, float *x, int M, float *logits);
 
 #endif

@@ -191,5 +191,36 @@ cp tests/fixtures/llama-mha-tied/config.json "$tmp/m/"
 expect 1 "truncated checkpoint" "$SWARMD" eval --model "$tmp/m" --tokens 1
 contains "$tmp/err" "model.safetensors" "truncated checkpoint names the file"
 
+# --device: cpu is the default; cuda without a GPU (CI) fails with a message that says so; with
+# a GPU (the GPU machine) its greedy ids equal the CPU's
+mha=tests/fixtures/llama-mha-tied
+expect 0 "generate --device cpu" "$SWARMD" generate --local --model "$mha" --prompt-ids 1,2,3,4 --max-new-tokens 8 --device cpu
+cp "$tmp/out" "$tmp/cpu-ids"
+expect 0 "generate (default device)" "$SWARMD" generate --local --model "$mha" --prompt-ids 1,2,3,4 --max-new-tokens 8
+cmp -s "$tmp/out" "$tmp/cpu-ids" && ok "--device cpu is the default" || bad "--device cpu is the default"
+[ -s "$tmp/err" ] && bad "the default device logs nothing" || ok "the default device logs nothing"
+expect 2 "--device gpu is a usage error" "$SWARMD" generate --local --model "$mha" --prompt-ids 1 --device gpu
+contains "$tmp/err" "cuda:N" "--device usage error lists the choices"
+expect 2 "--device cuda:x is a usage error" "$SWARMD" eval --model "$mha" --tokens 1 --device cuda:x
+expect 0 "generate --help has --device" "$SWARMD" generate --help
+contains "$tmp/out" "--device" "generate --help documents --device"
+"$SWARMD" --version >"$tmp/version" 2>&1
+if grep -qE "not compiled in|; 0 devices visible" "$tmp/version"; then
+  if grep -q "not compiled in" "$tmp/version"; then why="built without the CUDA backend"; else why="no CUDA GPU found"; fi
+  expect 1 "eval --device cuda without a GPU fails" "$SWARMD" eval --model "$mha" --tokens 1,2 --device cuda
+  contains "$tmp/err" "$why" "eval --device cuda says why"
+  expect 1 "generate --device cuda:1 without a GPU fails" "$SWARMD" generate --local --model "$mha" --prompt-ids 1,2 --device cuda:1
+  contains "$tmp/err" "$why" "generate --device cuda says why"
+  expect 1 "inspect --device cuda without a GPU fails" "$SWARMD" inspect --model "$mha" --device cuda
+  contains "$tmp/err" "$why" "inspect --device cuda says why"
+else
+  for fx in llama-mha-tied llama-gqa-llama3 qwen2-bias mistral-window-dynamic; do
+    expect 0 "$fx: generate --device cpu" "$SWARMD" generate --local --model "tests/fixtures/$fx" --prompt-ids 5,6,7,8,9 --max-new-tokens 16 --device cpu
+    cp "$tmp/out" "$tmp/cpu-ids"
+    expect 0 "$fx: generate --device cuda" "$SWARMD" generate --local --model "tests/fixtures/$fx" --prompt-ids 5,6,7,8,9 --max-new-tokens 16 --device cuda
+    cmp -s "$tmp/out" "$tmp/cpu-ids" && ok "$fx: --device cuda ids equal --device cpu ids" || bad "$fx: cuda ids $(cat "$tmp/out") != cpu $(cat "$tmp/cpu-ids")"
+  done
+fi
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -14,6 +14,16 @@
  * continuation's per-step logits (KV cache on the GPU) must match transformers' within 1e-4
  * rel-L2 in FP32 mode, with identical argmax/greedy ids; FAST mode is reported and held to 5e-2.
  *
+ * Part 1b, GEMV (M <= 16, matmul.cu): NF4 weights (plain and nested absmax, blocksizes 64 and
+ * 256) and dense bf16/f16/f32 weights on random shapes with tail rows, with and without bias,
+ * plus the NF4 fallback paths (M > 16, K not a multiple of 32), against sw_ops_ref on the same
+ * host tensor: the GEMV uses the reference's exact dequantized weights and fp32 products, so
+ * only the summation order differs: bar 1e-5.
+ * Part 3, the pipeline on the GPU: sw_local_open_on(cuda) for every fixture (spans and head on
+ * the device, KV cache in device memory): prompt logits and the greedy steps' logits within
+ * 1e-4 of transformers and identical greedy ids; and llama-wide quantized to NF4 on load, on
+ * the GPU against the same NF4 model on sw_ops_ref (1e-4, identical greedy ids).
+ *
  * Without a GPU (or without the CUDA backend) it prints one skip line and exits 77, which meson
  * counts as skipped. Fixtures are read from $SW_FIXTURES, else $SW_SOURCE_ROOT/tests/fixtures.
  */
@@ -26,6 +36,7 @@
 #include "kernels/ops.h"
 #include "kernels/quant.h"
 #include "pipeline/config.h"
+#include "pipeline/local.h"
 #include "pipeline/model.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
@@ -159,6 +170,83 @@ static void test_matmul(void)
             sw_free(got);
             dev_free_all();
         }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* part 1b: GEMV (M <= SW_CUDA_GEMV_MAX_M) and the NF4 paths                                   */
+
+/* One y = x @ w^T + bias on the GPU against sw_ops_ref on the host tensor w; returns rel-L2. */
+static double gemv_case(const sw_tensor_t *w, int M, int with_bias, unsigned long long seed)
+{
+    int64_t N = w->shape[0], K = w->shape[1];
+    float *x = sw_test_randv((size_t)(M * K), seed, 1.0f);
+    float *bias = with_bias ? sw_test_randv((size_t)N, seed + 1, 0.5f) : NULL;
+    float *ref = host_alloc((size_t)(M * N)), *got = host_alloc((size_t)(M * N));
+    float *dx, *dy, *db = NULL;
+    sw_tensor_t dw;
+    double e = NAN;
+
+    sw_ops_ref.matmul(ref, x, w, bias, M);
+    if (sw_cuda_tensor_upload(ctx, w, &dw) < 0)
+        goto out;
+    dx = dev_copy(x, (size_t)(M * K) * 4);
+    dy = dev_poisoned((size_t)(M * N) * 4);
+    if (bias)
+        db = dev_copy(bias, (size_t)N * 4);
+    if (dx && dy && (db || !bias) &&
+        sw_cuda_ctx_reserve(ctx, sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32, w->dtype, M,
+                                                                N, K)) == 0 &&
+        sw_cuda_matmul(ctx, dy, dx, &dw, db, M) == 0 &&
+        sw_cuda_download(ctx, got, dy, (size_t)(M * N) * 4) == 0)
+        e = rel_err(got, ref, (size_t)(M * N));
+    sw_cuda_tensor_free(ctx, &dw);
+out:
+    dev_free_all();
+    sw_free(x);
+    sw_free(bias);
+    sw_free(ref);
+    sw_free(got);
+    return e;
+}
+
+static void test_gemv(void)
+{
+    static const struct { int M, N, K; } shapes[] = {
+        { 1, 4096, 4096 }, { 3, 1001, 512 }, { 8, 333, 2048 }, { 16, 2050, 1024 },
+        { 2, 17, 11008 }, { 1, 64, 32 },
+        /* fallbacks: M > 16 (dequantize + cuBLAS), K % 32 != 0 (NF4 only) */
+        { 17, 300, 256 }, { 4, 200, 336 },
+    };
+    unsigned long long seed = 9000;
+
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int M = shapes[s].M, N = shapes[s].N, K = shapes[s].K;
+        sw_tensor_t dense;
+        make_weight(&dense, SW_DTYPE_F32, N, K, ++seed, 1.0f / sqrtf((float)K));
+        for (int v = 0; v < 3; v++) { /* plain bs 64, nested bs 64, nested bs 256 */
+            static const int bs[] = { 64, 64, 256 }, dq[] = { 0, 1, 1 };
+            sw_tensor_t q;
+            SW_CHECK_OK(sw_quantize_nf4(&dense, bs[v], dq[v], &q));
+            double e = gemv_case(&q, M, (int)(s + v) % 2, ++seed);
+            fprintf(stderr, "  nf4 %s bs %3d  M %2d N %4d K %5d%s rel-L2 %.3g (bar 1e-5)\n",
+                    dq[v] ? "nested" : "plain ", bs[v], M, N, K, (s + v) % 2 ? " +bias" : "      ",
+                    e);
+            SW_CHECKF(e <= 1e-5, "nf4 M %d N %d K %d: rel-L2 %g", M, N, K, e);
+            sw_qtensor_free(&q);
+        }
+        if (K % 8 == 0 && M <= SW_CUDA_GEMV_MAX_M) {
+            for (size_t d = 0; d < 3; d++) {
+                sw_tensor_t w;
+                make_weight(&w, dense_dtypes[d], N, K, ++seed, 1.0f / sqrtf((float)K));
+                double e = gemv_case(&w, M, (int)d % 2, ++seed);
+                fprintf(stderr, "  gemv %-4s M %2d N %4d K %5d rel-L2 %.3g (bar 1e-5)\n",
+                        sw_dtype_name(dense_dtypes[d]), M, N, K, e);
+                SW_CHECKF(e <= 1e-5, "%s gemv: rel-L2 %g", sw_dtype_name(dense_dtypes[d]), e);
+                sw_tensor_free(&w);
+            }
+        }
+        sw_tensor_free(&dense);
     }
 }
 
@@ -396,8 +484,8 @@ static void test_errors(void)
     SW_CHECK(dx && dy);
     make_weight(&w, SW_DTYPE_BF16, 64, 64, 900, 1.0f);
     SW_CHECK_OK(sw_cuda_tensor_upload(ctx, &w, &dw));
-    SW_CHECK_OK(sw_quantize_nf4(&w, 64, 0, &q));
-    SW_CHECK(sw_cuda_tensor_upload(ctx, &q, &dq) == SW_EUNSUPPORTED); /* NF4: later work */
+    SW_CHECK_OK(sw_quantize_int8(&w, 6.0f, &q));
+    SW_CHECK(sw_cuda_tensor_upload(ctx, &q, &dq) == SW_EUNSUPPORTED); /* Int8: later work */
     sw_qtensor_free(&q);
     /* a workspace too small for the FP32 widening of a 16-bit weight */
     SW_CHECK(sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32, SW_DTYPE_BF16, 4, 1 << 14,
@@ -405,7 +493,9 @@ static void test_errors(void)
     sw_tensor_t big = dw;
     big.shape[0] = 1 << 14;
     big.shape[1] = 1 << 14;
-    SW_CHECK(sw_cuda_matmul(ctx, dy, dx, &big, NULL, 4) == SW_ELIMIT);
+    /* M = 17: above SW_CUDA_GEMV_MAX_M, so the cuBLAS path and its workspace check run (the
+     * GEMV would read the pretended 16384 x 16384 weight out of bounds) */
+    SW_CHECK(sw_cuda_matmul(ctx, dy, dx, &big, NULL, SW_CUDA_GEMV_MAX_M + 1) == SW_ELIMIT);
     SW_CHECK(sw_cuda_rmsnorm(ctx, dy, dx, dx, -1, 64, 1e-5f) == -EINVAL);
     SW_CHECK(sw_cuda_attention(ctx, dy, dx, dx, dx, 1, 4, 2, 5, 2, 2, 16, 0, 1.0f) == -EINVAL);
     SW_CHECK(sw_cuda_attention(ctx, dy, dx, dx, dx, 1, 1, 0, 5, 3, 2, 16, 0, 1.0f) == -EINVAL);
@@ -763,6 +853,78 @@ static void test_models(void)
     }
 }
 
+/* The pipeline itself on the GPU: sw_local_open_on(cuda) against transformers' logits. */
+static void test_local(void)
+{
+    static const sw_device_t gpu = { SW_DEVICE_CUDA, 0 };
+
+    for (size_t f = 0; f < sizeof(fixtures) / sizeof(fixtures[0]); f++) {
+        fixture_t fx;
+        sw_local_t *l = NULL;
+
+        SW_CHECK_OK(fixture_open(fixtures[f], &fx));
+        SW_CHECK_OK(sw_local_open_on(fx.dir, 1, fx.T + fx.N, NULL, &gpu, &l));
+        int V = sw_local_config(l)->vocab_size;
+        float *logits = host_alloc((size_t)fx.T * V), *steps = host_alloc((size_t)fx.N * V);
+        int32_t ids[64];
+
+        SW_CHECK_OK(sw_local_forward(l, NULL, fx.prompt, fx.T, 1, logits));
+        double e = rel_err(logits, fx.logits, (size_t)fx.T * V);
+        SW_CHECK_OK(sw_local_greedy(l, NULL, fx.prompt, fx.T, fx.N, ids, steps, NULL, NULL));
+        double eg = rel_err(steps, fx.greedy_logits, (size_t)fx.N * V);
+        int same = memcmp(ids, fx.greedy, (size_t)fx.N * sizeof(int32_t)) == 0;
+        fprintf(stderr, "  sw_local on cuda: %-24s prompt logits rel-L2 %.3g, greedy %d ids %s, "
+                "step logits rel-L2 %.3g\n", fixtures[f], e, fx.N, same ? "identical" : "DIFFER",
+                eg);
+        SW_CHECKF(e <= 1e-4, "%s: prompt logits rel-L2 %g", fixtures[f], e);
+        SW_CHECKF(eg <= 1e-4, "%s: step logits rel-L2 %g", fixtures[f], eg);
+        SW_CHECKF(same, "%s: greedy ids differ", fixtures[f]);
+        sw_free(logits);
+        sw_free(steps);
+        sw_local_close(l);
+        sw_st_close(fx.ref);
+    }
+
+    /* NF4 on load (double-quantized, bs 64): GPU pipeline against the reference ops on CPU */
+    {
+        static const sw_load_opts_t nf4 = { SW_QUANT_NF4, 6.0f, NULL, NULL };
+        const char *fixdir = getenv("SW_FIXTURES"), *root = getenv("SW_SOURCE_ROOT");
+        char dir[1024];
+        const int32_t prompt[12] = { 1, 17, 99, 3, 250, 8, 42, 7, 300, 12, 5, 64 };
+        const int T = 12, N = 16;
+        sw_local_t *lg = NULL, *lc = NULL;
+        int32_t ig[16], ic[16];
+
+        if (fixdir)
+            snprintf(dir, sizeof(dir), "%s/llama-wide", fixdir);
+        else
+            snprintf(dir, sizeof(dir), "%s/tests/fixtures/llama-wide", root ? root : ".");
+        SW_CHECK_OK(sw_local_open_on(dir, 1, T + N, &nf4, &gpu, &lg));
+        SW_CHECK_OK(sw_local_open(dir, 1, T + N, &nf4, &lc));
+        int V = sw_local_config(lg)->vocab_size;
+        float *a = host_alloc((size_t)T * V), *b = host_alloc((size_t)T * V);
+        float *sa = host_alloc((size_t)N * V), *sb = host_alloc((size_t)N * V);
+        SW_CHECK_OK(sw_local_forward(lg, NULL, prompt, T, 1, a));
+        SW_CHECK_OK(sw_local_forward(lc, &sw_ops_ref, prompt, T, 1, b));
+        double e = rel_err(a, b, (size_t)T * V);
+        SW_CHECK_OK(sw_local_greedy(lg, NULL, prompt, T, N, ig, sa, NULL, NULL));
+        SW_CHECK_OK(sw_local_greedy(lc, &sw_ops_ref, prompt, T, N, ic, sb, NULL, NULL));
+        double eg = rel_err(sa, sb, (size_t)N * V);
+        int same = memcmp(ig, ic, sizeof(ig)) == 0;
+        fprintf(stderr, "  sw_local on cuda: llama-wide --quant nf4 vs sw_ops_ref: prompt logits "
+                "rel-L2 %.3g, greedy %d ids %s, step logits rel-L2 %.3g\n", e, N,
+                same ? "identical" : "DIFFER", eg);
+        SW_CHECKF(e <= 1e-4 && eg <= 1e-4, "nf4 local: rel-L2 %g / %g", e, eg);
+        SW_CHECKF(same, "nf4 local: greedy ids differ");
+        sw_free(a);
+        sw_free(b);
+        sw_free(sa);
+        sw_free(sb);
+        sw_local_close(lg);
+        sw_local_close(lc);
+    }
+}
+
 int main(void)
 {
     char name[256];
@@ -791,7 +953,9 @@ int main(void)
     SW_RUN(test_swiglu_add);
     SW_RUN(test_embed);
     SW_RUN(test_errors);
+    SW_RUN(test_gemv);
     SW_RUN(test_models);
+    SW_RUN(test_local);
     dev_free_all();
     sw_cuda_ctx_free(ctx);
     return sw_test_summary("test-cuda");

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../quant.h"
 #include "../tensor.h"
 
 #ifdef __cplusplus
@@ -87,21 +88,53 @@ void sw_cuda_free(sw_cuda_ctx_t *c, void *p);
 int sw_cuda_upload(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
 /* Copies device -> host in stream order; returns once dst holds the data (synchronizes). */
 int sw_cuda_download(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
+/* Copies device -> device in stream order (asynchronous). */
+int sw_cuda_copy(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
 /* Sets n floats at dst to v (e.g. NaN to poison an output), in stream order. */
 int sw_cuda_fill_f32(sw_cuda_ctx_t *c, float *dst, float v, size_t n);
 
 /*
- * Copies the dense tensor host (F32, F16 or BF16; any alignment) to the device: *out gets the
- * same dtype and shape and data = a device pointer; out->owned is 0 so that sw_tensor_free never
- * touches it: free it with sw_cuda_tensor_free. Quantized tensors are SW_EUNSUPPORTED for now.
+ * Weights on the device. Dense tensors (F32, F16, BF16) keep their dtype and bytes. NF4 tensors
+ * keep the bitsandbytes layout (kernels/quant.h): the packed nibbles, then either the fp32
+ * absmax or the nested state (8-bit qabsmax codes, fp32 nested_absmax, the offset), each part
+ * 16-byte aligned inside one device region; the device tensor's qs is a host-side sw_qstate_t
+ * whose pointers are device pointers (never pass it to the CPU ops). Int8 is SW_EUNSUPPORTED
+ * for now.
+ */
+
+/* Device bytes sw_cuda_tensor_upload_at needs for host (a multiple of 16); 0 if unsupported. */
+size_t sw_cuda_tensor_device_bytes(const sw_tensor_t *host);
+/*
+ * Copies host into the caller's device memory dst (16-byte aligned, at least
+ * sw_cuda_tensor_device_bytes(host) bytes): *out gets host's dtype and shape, data = dst,
+ * owned = 0, and for NF4 qs = qs_store (caller's storage, which must outlive *out). Nothing is
+ * allocated; the caller frees dst. Unsupported dtypes are SW_EUNSUPPORTED.
+ */
+int sw_cuda_tensor_upload_at(sw_cuda_ctx_t *c, const sw_tensor_t *host, void *dst,
+                             sw_qstate_t *qs_store, sw_tensor_t *out);
+/*
+ * As sw_cuda_tensor_upload_at into a new device allocation of its own (and, for NF4, a new
+ * host sw_qstate_t); out->owned is 0 so that sw_tensor_free never touches it: free it with
+ * sw_cuda_tensor_free.
  */
 int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t *out);
-/* Frees the device data of a tensor from sw_cuda_tensor_upload and zeroes *t. */
+/* Frees the device data (and host qs) of a tensor from sw_cuda_tensor_upload; zeroes *t. */
 void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t);
+/* Free and total bytes of the context's device (cudaMemGetInfo). */
+int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes);
 
 /* ---- ops (device pointers; see kernels/ops.h for the contracts) ---- */
 
-/* y (M, N) = x (M, K) @ w^T + bias; w (N, K) on the device; bias (N) or NULL. See the modes. */
+/*
+ * y (M, N) = x (M, K) @ w^T + bias; w (N, K) on the device; bias (N) or NULL.
+ * For M <= SW_CUDA_GEMV_MAX_M our own GEMV runs (matmul.cu): fp32 products of x and the
+ * exactly widened (dense) or dequantized (NF4: code * absmax, as bnb) weight, fp32
+ * accumulation, in either mode; it needs K a multiple of 8 (16-bit), 4 (f32) or 32 (NF4, with a
+ * power-of-two blocksize >= 32) and 16-byte aligned x; otherwise, and for larger M, the cuBLAS
+ * path of the modes above runs (NF4: dequantized to fp32 in the workspace first).
+ */
+#define SW_CUDA_GEMV_MAX_M 16
+
 int sw_cuda_matmul(sw_cuda_ctx_t *c, float *y, const float *x, const sw_tensor_t *w,
                    const float *bias, int M);
 /* y (M, H) = x / sqrt(mean(x^2) + eps) * w; y may equal x. */

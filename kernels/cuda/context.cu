@@ -208,6 +208,14 @@ extern "C" int sw_cuda_download(sw_cuda_ctx_t *c, void *dst, const void *src, si
     return 0;
 }
 
+extern "C" int sw_cuda_copy(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0)
+        return 0;
+    SW_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    return 0;
+}
+
 static __global__ void fill_f32_kernel(float *dst, float v, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -224,30 +232,111 @@ extern "C" int sw_cuda_fill_f32(sw_cuda_ctx_t *c, float *dst, float v, size_t n)
     return 0;
 }
 
-extern "C" int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t *out)
+/* ---- weights ---- */
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+/* Byte offsets of the parts of an NF4 tensor in its device region (see backend.h). */
+typedef struct {
+    size_t packed, absmax, nested, total;
+} nf4_layout_t;
+
+static nf4_layout_t nf4_layout(const sw_tensor_t *t)
+{
+    const sw_qstate_t *qs = t->qs;
+    nf4_layout_t l;
+    size_t nb = (size_t)qs->nblocks;
+
+    l.packed = align16(sw_tensor_nbytes(t));
+    l.absmax = qs->absmax ? align16(nb * 4) : align16(nb);
+    l.nested = qs->absmax ? 0
+                          : align16((nb + (size_t)qs->nested_blocksize - 1) /
+                                    (size_t)qs->nested_blocksize * 4);
+    l.total = l.packed + l.absmax + l.nested;
+    return l;
+}
+
+extern "C" size_t sw_cuda_tensor_device_bytes(const sw_tensor_t *host)
+{
+    if (host->ndim < 1)
+        return 0;
+    if (host->dtype == SW_DTYPE_NF4 && host->qs && host->qs->blocksize > 0 &&
+        (host->qs->absmax || (host->qs->qabsmax && host->qs->nested_absmax &&
+                              host->qs->nested_blocksize > 0)))
+        return nf4_layout(host).total;
+    if (host->qs || (host->dtype != SW_DTYPE_F32 && host->dtype != SW_DTYPE_F16 &&
+                     host->dtype != SW_DTYPE_BF16))
+        return 0;
+    return align16(sw_tensor_nbytes(host));
+}
+
+extern "C" int sw_cuda_tensor_upload_at(sw_cuda_ctx_t *c, const sw_tensor_t *host, void *dst,
+                                        sw_qstate_t *qs_store, sw_tensor_t *out)
 {
     sw_tensor_t t = *host;
-    size_t n;
+    size_t n = sw_cuda_tensor_device_bytes(host);
+    int r;
+
+    if (n == 0)
+        return sw_err(SW_EUNSUPPORTED, "CUDA: %s weights are not supported on the GPU yet",
+                      sw_dtype_name(host->dtype));
+    if ((uintptr_t)dst % 16)
+        return sw_err(-EINVAL, "CUDA: weight destination is not 16-byte aligned");
+    if ((r = sw_cuda_upload(c, dst, host->data, sw_tensor_nbytes(host))) < 0)
+        return r;
+    t.data = dst;
+    t.owned = 0;
+    t.qs = NULL;
+    if (host->dtype == SW_DTYPE_NF4) {
+        const sw_qstate_t *hq = host->qs;
+        nf4_layout_t l = nf4_layout(host);
+        uint8_t *base = (uint8_t *)dst;
+        size_t nb = (size_t)hq->nblocks;
+
+        *qs_store = *hq;
+        qs_store->owned = NULL;
+        qs_store->scb = NULL;
+        if (hq->absmax) {
+            qs_store->absmax = (const float *)(base + l.packed);
+            r = sw_cuda_upload(c, base + l.packed, hq->absmax, nb * 4);
+        } else {
+            size_t nn = (nb + (size_t)hq->nested_blocksize - 1) / (size_t)hq->nested_blocksize;
+            qs_store->qabsmax = base + l.packed;
+            qs_store->nested_absmax = (const float *)(base + l.packed + l.absmax);
+            r = sw_cuda_upload(c, base + l.packed, hq->qabsmax, nb);
+            if (r == 0)
+                r = sw_cuda_upload(c, base + l.packed + l.absmax, hq->nested_absmax, nn * 4);
+        }
+        if (r < 0)
+            return r;
+        t.qs = qs_store;
+    }
+    *out = t;
+    return 0;
+}
+
+extern "C" int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t *out)
+{
+    size_t n = sw_cuda_tensor_device_bytes(host);
+    sw_qstate_t *qs = NULL;
     void *p = NULL;
     int r;
 
-    if (host->qs || (host->dtype != SW_DTYPE_F32 && host->dtype != SW_DTYPE_F16 &&
-                     host->dtype != SW_DTYPE_BF16))
+    if (n == 0)
         return sw_err(SW_EUNSUPPORTED, "CUDA: %s weights are not supported on the GPU yet",
                       sw_dtype_name(host->dtype));
-    n = sw_tensor_nbytes(host);
-    if (n == 0)
-        return sw_err(-EINVAL, "CUDA: empty tensor");
-    if ((r = sw_cuda_alloc(c, n, &p)) < 0)
-        return r;
-    if ((r = sw_cuda_upload(c, p, host->data, n)) < 0) {
+    if (host->dtype == SW_DTYPE_NF4 &&
+        !(qs = (sw_qstate_t *)sw_calloc(1, sizeof(*qs))))
+        return -ENOMEM;
+    if ((r = sw_cuda_alloc(c, n, &p)) < 0 ||
+        (r = sw_cuda_tensor_upload_at(c, host, p, qs, out)) < 0) {
         sw_cuda_free(c, p);
+        sw_free(qs);
         return r;
     }
-    t.data = p;
-    t.owned = 0;
-    t.qs = NULL;
-    *out = t;
     return 0;
 }
 
@@ -256,5 +345,13 @@ extern "C" void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t)
     if (!t)
         return;
     sw_cuda_free(c, t->data);
+    sw_free((void *)t->qs);
     memset(t, 0, sizeof(*t));
+}
+
+extern "C" int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes)
+{
+    SW_CUDA_CHECK(cudaSetDevice(c->dev));
+    SW_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return 0;
 }

@@ -14,6 +14,7 @@
 extern "C" {
 #include "../../util/error.h"
 #include "../tensor.h" /* C linkage for its functions; backend.h then finds it included */
+#include "../quant.h"
 }
 #include "backend.h"
 

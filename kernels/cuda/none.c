@@ -79,6 +79,11 @@ int sw_cuda_upload(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
     return not_compiled();
 }
 
+int sw_cuda_copy(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
+{
+    return not_compiled();
+}
+
 int sw_cuda_download(sw_cuda_ctx_t *c, void *dst, const void *src, size_t bytes)
 {
     return not_compiled();
@@ -96,6 +101,23 @@ int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, sw_tensor_t
 
 void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t)
 {
+}
+
+size_t sw_cuda_tensor_device_bytes(const sw_tensor_t *host)
+{
+    return 0;
+}
+
+int sw_cuda_tensor_upload_at(sw_cuda_ctx_t *c, const sw_tensor_t *host, void *dst,
+                             sw_qstate_t *qs_store, sw_tensor_t *out)
+{
+    return not_compiled();
+}
+
+int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    return not_compiled();
 }
 
 int sw_cuda_matmul(sw_cuda_ctx_t *c, float *y, const float *x, const sw_tensor_t *w,
