@@ -26,6 +26,7 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *summary;
 } commands[] = {
+    { "serve", sw_cmd_serve, "serve a span of transformer blocks to peers (--serve-layers A:B)" },
     { "eval", sw_cmd_eval, "run a prompt through the whole model locally; per-position argmax and log-probability" },
     { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
     { "inspect", sw_cmd_inspect, "show a model's architecture, tensors, bytes per block per format" },
