@@ -469,6 +469,35 @@ static void node_fill(Swarmd__Dht__Node *n, const sw_dht_contact_t *c)
     n->addr = (char *)c->addr;
 }
 
+/*
+ * Fills recs/precs (k->n each) with the entries of k that expire after now, pointing into the
+ * store (valid while it is not modified); returns how many.
+ */
+static size_t records_of(const sw_dht_keyrec_t *k, uint64_t now, Swarmd__Dht__Record *recs,
+                         Swarmd__Dht__Record **precs)
+{
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < k->n; i++) {
+        const sw_dht_entry_t *e = &k->e[i];
+        if (e->exp_ms <= now)
+            continue;
+        swarmd__dht__record__init(&recs[n]);
+        recs[n].subkey.data = e->subkey;
+        recs[n].subkey.len = e->subkey_len;
+        recs[n].value.data = e->value;
+        recs[n].value.len = e->value_len;
+        recs[n].expiration_ms = e->exp_ms;
+        if (e->has_sig) {
+            recs[n].signature.data = (uint8_t *)e->sig;
+            recs[n].signature.len = SW_DHT_SIG_LEN;
+        }
+        precs[n] = &recs[n];
+        n++;
+    }
+    return n;
+}
+
 static void srv_refuse(sw_dht_t *d, sw_p2p_call_t *call, int status, const char *why)
 {
     d->st.refused++;
@@ -549,23 +578,7 @@ static void srv_request(sw_p2p_call_t *call, sw_p2p_msg_t *m, sw_dht_t *d, int k
                 srv_refuse(d, call, -ENOMEM, "out of memory");
                 goto out;
             }
-            for (uint32_t i = 0; i < k->n; i++) {
-                const sw_dht_entry_t *e = &k->e[i];
-                if (e->exp_ms <= now)
-                    continue;
-                swarmd__dht__record__init(&recs[resp.n_records]);
-                recs[resp.n_records].subkey.data = e->subkey;
-                recs[resp.n_records].subkey.len = e->subkey_len;
-                recs[resp.n_records].value.data = e->value;
-                recs[resp.n_records].value.len = e->value_len;
-                recs[resp.n_records].expiration_ms = e->exp_ms;
-                if (e->has_sig) {
-                    recs[resp.n_records].signature.data = (uint8_t *)e->sig;
-                    recs[resp.n_records].signature.len = SW_DHT_SIG_LEN;
-                }
-                precs[resp.n_records] = &recs[resp.n_records];
-                resp.n_records++;
-            }
+            resp.n_records = records_of(k, now, recs, precs);
             resp.records = precs;
         }
     }
@@ -1572,23 +1585,7 @@ static int put_keyrec(sw_dht_t *d, const sw_dht_keyrec_t *k, sw_dht_put_cb cb, v
         r = -ENOMEM;
         goto out;
     }
-    for (uint32_t i = 0; i < k->n; i++) {
-        const sw_dht_entry_t *e = &k->e[i];
-        if (e->exp_ms <= now)
-            continue;
-        swarmd__dht__record__init(&recs[req.n_records]);
-        recs[req.n_records].subkey.data = e->subkey;
-        recs[req.n_records].subkey.len = e->subkey_len;
-        recs[req.n_records].value.data = e->value;
-        recs[req.n_records].value.len = e->value_len;
-        recs[req.n_records].expiration_ms = e->exp_ms;
-        if (e->has_sig) {
-            recs[req.n_records].signature.data = (uint8_t *)e->sig;
-            recs[req.n_records].signature.len = SW_DHT_SIG_LEN;
-        }
-        precs[req.n_records] = &recs[req.n_records];
-        req.n_records++;
-    }
+    req.n_records = records_of(k, now, recs, precs);
     if (req.n_records == 0) {
         r = SW_ESTATE;
         goto out;
