@@ -865,10 +865,12 @@ static int load_post(sw_tokenizer_t *t, json_t *o, int depth)
                                   t->what, name);
                 for (size_t k = 0; k < json_array_size(ids); k++) {
                     json_t *x = json_array_get(ids, k);
+                    /* the id must name a token: vocabularies may have holes */
                     if (!json_is_integer(x) || json_integer_value(x) < 0 ||
-                        json_integer_value(x) >= (json_int_t)t->n_ids)
-                        return sw_err(SW_EFORMAT, "%s: post_processor special '%.40s' has a bad "
-                                      "id", t->what, name);
+                        json_integer_value(x) >= (json_int_t)t->n_ids ||
+                        !(t->flags[json_integer_value(x)] & 1))
+                        return sw_err(SW_EFORMAT, "%s: post_processor special '%.40s' has an id "
+                                      "that is not in the vocabulary", t->what, name);
                     m->ids[m->nids++] = (int32_t)json_integer_value(x);
                 }
             } else {
