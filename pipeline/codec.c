@@ -111,7 +111,7 @@ static int opts_check(const sw_codec_opts_t *o, int *bs, int *level)
 
 int sw_codec_raw_size(const sw_codec_opts_t *opts, uint64_t numel, size_t *out)
 {
-    int bs, level, r;
+    int bs = 0, level = 0, r;
 
     if ((r = opts_check(opts, &bs, &level)) < 0)
         return r;
@@ -124,7 +124,7 @@ int sw_codec_raw_size(const sw_codec_opts_t *opts, uint64_t numel, size_t *out)
 
 int sw_codec_encoded_bound(const sw_codec_opts_t *opts, uint64_t numel, size_t *out)
 {
-    size_t raw;
+    size_t raw = 0;
     int r = sw_codec_raw_size(opts, numel, &raw);
 
     if (r < 0)
@@ -316,9 +316,9 @@ static void put_raw(sw_codec_t codec, int bs, const float *x, size_t n, uint8_t 
 int sw_codec_encode(sw_codec_ctx_t *ctx, const sw_codec_opts_t *opts, const float *x, int ndim,
                     const int64_t *shape, sw_tensor_header_t *h, void *out, size_t out_cap)
 {
-    uint64_t numel;
-    size_t raw, bad;
-    int bs, level, r;
+    uint64_t numel = 0;
+    size_t raw = 0, bad;
+    int bs = 0, level = 0, r;
 
     if ((r = opts_check(opts, &bs, &level)) < 0)
         return r;
@@ -480,8 +480,8 @@ static int unzstd(sw_codec_ctx_t *ctx, const void *src, size_t len, void *dst, s
 int sw_codec_decode(sw_codec_ctx_t *ctx, const sw_tensor_header_t *h, const void *payload,
                     size_t len, float *out, size_t out_cap)
 {
-    uint64_t numel;
-    size_t raw;
+    uint64_t numel = 0;
+    size_t raw = 0;
     int r;
 
     if ((r = sw_codec_header_check(h, &numel, &raw)) < 0)

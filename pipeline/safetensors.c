@@ -394,7 +394,7 @@ static int st_new(const char *name, sw_st_file_t **out)
 
 int sw_st_open_buffer(const void *data, size_t size, const char *name, sw_st_file_t **out)
 {
-    sw_st_file_t *f;
+    sw_st_file_t *f = NULL;
     int r;
 
     *out = NULL;
@@ -414,7 +414,7 @@ int sw_st_open_buffer(const void *data, size_t size, const char *name, sw_st_fil
 
 int sw_st_open(const char *path, sw_st_file_t **out)
 {
-    sw_st_file_t *f;
+    sw_st_file_t *f = NULL;
     int r;
 
     *out = NULL;

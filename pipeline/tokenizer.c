@@ -714,7 +714,7 @@ static int load_metaspace(sw_tokenizer_t *t, json_t *o, const char *where, char 
 {
     const char *s, *scheme;
     size_t len;
-    bool add_prefix;
+    bool add_prefix = true;
     int r;
 
     if ((r = get_str(t, o, "replacement", false, &s, &len, where)) < 0)
@@ -776,7 +776,7 @@ static int load_pretok(sw_tokenizer_t *t, json_t *o, int depth)
         json_t *pat = json_object_get(o, "pattern");
         json_t *re = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
         const char *beh;
-        bool invert;
+        bool invert = false;
         if (!json_is_string(re))
             return sw_err(SW_EUNSUPPORTED, "%s: Split pre-tokenizer without a Regex pattern is "
                           "not supported", t->what);
