@@ -5,7 +5,13 @@
  * Runs the libuv loop on the main thread; compute runs on the server's executor thread.
  * Shutdown: the first signal stops new sessions and forward calls, lets steps in flight finish
  * for --grace seconds, ends the open sessions with an error, closes the node and exits 0.
- * (DHT announcements and --serve-layers auto come with the rest of issue 6.)
+ *
+ * DHT (with --initial-peers or --new-swarm): a DHT joins the swarm on the same p2p node, and each
+ * served block b gets a ServerInfo record (proto/swarmd.proto) under "<model-name>.<b>" with this
+ * server's owned subkey: first state joining, then online, refreshed every 20 s with a 60 s
+ * expiry, and offline on SIGINT/SIGTERM (the node closes once those puts are answered and the
+ * steps in flight are done). Without either option it serves without announcing and says so.
+ * (--serve-layers auto and rebalancing come with the rest of issue 6.)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,9 +24,12 @@
 #include <uv.h>
 
 #include "commands.h"
+#include "p2p/dht.h"
+#include "p2p/dht_internal.h"
 #include "p2p/identity.h"
 #include "p2p/rpc.h"
 #include "pipeline/server.h"
+#include "swarmd.pb-c.h"
 #include "util/alloc.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -47,6 +56,16 @@ static void serve_usage(FILE *f)
             "  --max-batch-tokens N     most batch x tokens of one call or step (default %d)\n"
             "  --session-timeout S      end an inference session idle for S seconds (default %d)\n"
             "  --grace S                seconds in-flight steps get at shutdown (default 10)\n"
+            "  --initial-peers ADDR,... join the swarm's DHT through these nodes and announce the\n"
+            "                           blocks (PEERID@HOST:PORT or HOST:PORT)\n"
+            "  --new-swarm              start a new swarm: the DHT with no initial peers\n"
+            "                           (without --initial-peers or --new-swarm the server does not\n"
+            "                           announce itself: only peers given its address can use it)\n"
+            "  --announce HOST:PORT     the address peers reach this server at (default: --listen;\n"
+            "                           for 0.0.0.0 the first non-loopback IPv4 address)\n"
+            "  --model-name NAME        the model's name in the swarm (default: the model\n"
+            "                           directory's last component, '.' replaced by '-')\n"
+            "  --public-name NAME       a name shown by 'swarmd status'\n"
             "  -h, --help               this help\n",
             SW_SERVER_DEFAULT_CACHE_TOKENS, SW_SERVER_DEFAULT_BATCH_TOKENS,
             SW_SERVER_DEFAULT_IDLE_MS / 1000);
@@ -59,7 +78,24 @@ typedef struct {
     sw_server_t *srv;
     uint32_t grace_ms;
     int stopping;
+    /* DHT announcements */
+    sw_dht_t *dht;
+    uv_timer_t refresh;
+    sw_identity_t *id;
+    const char *model_name, *public_name;
+    char address[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX];
+    double tps;
+    int state, puts_pending, drained;
+    int start, end;
 } serve_t;
+
+#define ANNOUNCE_TTL_MS 60000
+#define ANNOUNCE_EVERY_MS 20000
+
+static void refresh_closed(uv_handle_t *h)
+{
+    (void)h;
+}
 
 static void server_closed(void *arg)
 {
@@ -68,6 +104,15 @@ static void server_closed(void *arg)
     v->srv = NULL;
     uv_close((uv_handle_t *)&v->sigint, NULL);
     uv_close((uv_handle_t *)&v->sigterm, NULL);
+    uv_close((uv_handle_t *)&v->refresh, refresh_closed);
+}
+
+static void dht_closed(void *arg)
+{
+    serve_t *v = arg;
+
+    v->dht = NULL;
+    sw_server_close(v->srv, server_closed, v);
 }
 
 static void node_closed(void *arg)
@@ -75,14 +120,98 @@ static void node_closed(void *arg)
     serve_t *v = arg;
 
     v->node = NULL;
-    sw_server_close(v->srv, server_closed, v);
+    if (v->dht)
+        sw_dht_close(v->dht, dht_closed, v);
+    else
+        sw_server_close(v->srv, server_closed, v);
+}
+
+static void maybe_close_node(serve_t *v)
+{
+    if (v->stopping && v->drained && v->puts_pending == 0 && v->node)
+        sw_p2p_node_close(v->node, node_closed, v);
 }
 
 static void drained(void *arg)
 {
     serve_t *v = arg;
 
-    sw_p2p_node_close(v->node, node_closed, v);
+    v->drained = 1;
+    maybe_close_node(v);
+}
+
+static const char *state_name(int st)
+{
+    return st == SWARMD__SERVER_INFO__STATE__JOINING ? "joining"
+           : st == SWARMD__SERVER_INFO__STATE__ONLINE ? "online" : "offline";
+}
+
+static void announce(serve_t *v, int state);
+
+static void on_put(int status, uint32_t stored, const sw_dht_lookup_info_t *info, void *arg)
+{
+    serve_t *v = arg;
+
+    (void)info;
+    v->puts_pending--;
+    if (status < 0 || stored == 0)
+        SW_LOG_W("serve", "a %s announcement reached no DHT node (%s)", state_name(v->state),
+                 status < 0 ? sw_strerror(status) : "none took it");
+    if (v->puts_pending > 0)
+        return;
+    if (v->stopping) {
+        maybe_close_node(v);
+    } else if (v->state == SWARMD__SERVER_INFO__STATE__JOINING) {
+        announce(v, SWARMD__SERVER_INFO__STATE__ONLINE);
+    }
+}
+
+/* Puts this server's ServerInfo for each of its blocks. */
+static void announce(serve_t *v, int state)
+{
+    uint8_t subkey[SW_DHT_OWNED_SUBKEY_LEN], buf[2048];
+    char key[SW_DHT_KEY_MAX];
+    uint64_t exp = sw_dht_now_ms() + ANNOUNCE_TTL_MS;
+    int n, r;
+
+    v->state = state;
+    sw_dht_owned_subkey(&v->id->id, subkey);
+    n = sw_server_info_encode(v->srv, state, v->tps, v->model_name, v->public_name, v->address, buf,
+                              sizeof(buf));
+    if (n < 0) {
+        SW_LOG_W("serve", "cannot encode the announcement: %s", sw_strerror(n));
+        return;
+    }
+    for (int b = v->start; b < v->end; b++) {
+        snprintf(key, sizeof(key), "%s.%d", v->model_name, b);
+        r = sw_dht_put(v->dht, key, strlen(key), subkey, sizeof(subkey), buf, (size_t)n, exp, on_put, v);
+        if (r < 0)
+            SW_LOG_W("serve", "cannot announce block %d: %s", b, sw_strerror(r));
+        else
+            v->puts_pending++;
+    }
+    SW_LOG_I("serve", "announced %s for blocks %d:%d of %s", state_name(state), v->start, v->end,
+             v->model_name);
+}
+
+static void on_refresh(uv_timer_t *t)
+{
+    serve_t *v = t->data;
+
+    if (!v->stopping && v->puts_pending == 0)
+        announce(v, SWARMD__SERVER_INFO__STATE__ONLINE);
+}
+
+static void on_boot(int status, uint32_t peers, void *arg)
+{
+    serve_t *v = arg;
+
+    if (v->stopping)
+        return;
+    SW_LOG_I("serve", "DHT: %u initial peers answered (%s), %zu contacts", peers,
+             status < 0 ? sw_strerror(status) : "ok", sw_dht_table_peers(v->dht, NULL, 0));
+    announce(v, SWARMD__SERVER_INFO__STATE__JOINING);
+    uv_timer_start(&v->refresh, on_refresh, ANNOUNCE_EVERY_MS, ANNOUNCE_EVERY_MS);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -96,7 +225,27 @@ static void on_signal(uv_signal_t *h, int signum)
     v->stopping = 1;
     SW_LOG_I("serve", "%s: no new sessions; finishing steps in flight",
              signum == SIGINT ? "SIGINT" : "SIGTERM");
+    uv_timer_stop(&v->refresh);
+    if (v->dht)
+        announce(v, SWARMD__SERVER_INFO__STATE__OFFLINE);
     sw_server_drain(v->srv, v->grace_ms, drained, v);
+}
+
+/* The first non-loopback IPv4 address of this machine, for a wildcard --listen without --announce. */
+static int guess_host(char *out, size_t cap)
+{
+    uv_interface_address_t *ifs;
+    int n, found = 0;
+
+    if (uv_interface_addresses(&ifs, &n) < 0)
+        return 0;
+    for (int i = 0; i < n && !found; i++) {
+        if (ifs[i].is_internal || ifs[i].address.address4.sin_family != AF_INET)
+            continue;
+        found = uv_ip4_name(&ifs[i].address.address4, out, cap) == 0;
+    }
+    uv_free_interface_addresses(ifs, n);
+    return found;
 }
 
 static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -184,9 +333,18 @@ int sw_cmd_serve(int argc, char **argv)
         { "max-batch-tokens", required_argument, NULL, 'b' },
         { "session-timeout", required_argument, NULL, 't' },
         { "grace", required_argument, NULL, 'g' },
+        { "initial-peers", required_argument, NULL, 'p' },
+        { "new-swarm", no_argument, NULL, 'n' },
+        { "announce", required_argument, NULL, 'A' },
+        { "model-name", required_argument, NULL, 'M' },
+        { "public-name", required_argument, NULL, 'P' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    const char *peers[64], *announce_opt = NULL;
+    char *peers_buf = NULL, model_name[128];
+    size_t npeers = 0;
+    int new_swarm = 0;
     sw_server_opts_t so = { 0 };
     sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
     const char *listen = "0.0.0.0:31330";
@@ -248,36 +406,102 @@ int sw_cmd_serve(int argc, char **argv)
                 return 2;
             v.grace_ms = (uint32_t)u * 1000;
             break;
-        case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return 2;
+        case 'p': {
+            char *save = NULL, *tok;
+            sw_free(peers_buf);
+            npeers = 0;
+            if (!(peers_buf = sw_strdup(optarg)))
+                return 1;
+            for (tok = strtok_r(peers_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                sw_addr_t pa;
+                if (sw_addr_parse(tok, &pa) < 0 || npeers == 64) {
+                    fprintf(stderr, "swarmd serve: --initial-peers: '%s' is not PEERID@HOST:PORT or "
+                                    "HOST:PORT (64 at most)\n", tok);
+                    sw_free(peers_buf);
+                    return 2;
+                }
+                peers[npeers++] = tok;
+            }
+            break;
         }
+        case 'n': new_swarm = 1; break;
+        case 'A':
+            if (!sw_dht_addr_ok(optarg)) {
+                fprintf(stderr, "swarmd serve: --announce wants HOST:PORT, not '%s'\n", optarg);
+                sw_free(peers_buf);
+                return 2;
+            }
+            announce_opt = optarg;
+            break;
+        case 'M':
+            if (!optarg[0] || strlen(optarg) >= 100) {
+                fprintf(stderr, "swarmd serve: --model-name wants a name of 1 to 99 bytes\n");
+                sw_free(peers_buf);
+                return 2;
+            }
+            v.model_name = optarg;
+            break;
+        case 'P': v.public_name = optarg; break;
+        case 'h': sw_free(peers_buf); serve_usage(stdout); return 0;
+        default: sw_free(peers_buf); serve_usage(stderr); return 2;
+        }
+    }
+    if (new_swarm && npeers) {
+        fprintf(stderr, "swarmd serve: give either --new-swarm or --initial-peers, not both\n");
+        sw_free(peers_buf);
+        return 2;
     }
     if (!so.model_dir || !have_layers || optind != argc) {
         fprintf(stderr, "swarmd serve: --model and --serve-layers are required\n\n");
         serve_usage(stderr);
+        sw_free(peers_buf);
         return 2;
     }
     if (parse_listen(listen, &addr) < 0) {
         fprintf(stderr, "swarmd serve: --listen wants HOST:PORT or [V6]:PORT, not '%s'\n", listen);
+        sw_free(peers_buf);
         return 2;
     }
+    if (!v.model_name) {
+        size_t ln = strlen(so.model_dir);
+        const char *base;
+        while (ln > 1 && so.model_dir[ln - 1] == '/')
+            ln--;
+        base = so.model_dir + ln;
+        while (base > so.model_dir && base[-1] != '/')
+            base--;
+        snprintf(model_name, sizeof(model_name), "%.*s", (int)(so.model_dir + ln - base), base);
+        for (char *q = model_name; *q; q++)
+            if (*q == '.')
+                *q = '-';
+        v.model_name = model_name;
+    }
+    v.start = so.start;
+    v.end = so.end;
+    v.id = &id;
     so.load = lo;
     so.ops = strcmp(sw_global_opts.backend, "reference") == 0 ? &sw_ops_ref : &sw_ops_cpu;
 
     /* identity and swarm key, as `swarmd id` loads them */
     if (sw_global_opts.identity) {
         path = sw_strdup(sw_global_opts.identity);
-        if (!path)
+        if (!path) {
+            sw_free(peers_buf);
             return fail("out of memory", -ENOMEM);
+        }
     } else if ((r = sw_identity_default_path(&path)) < 0) {
+        sw_free(peers_buf);
         return fail("no identity file", r);
     }
     r = sw_identity_load_or_create(path, &id);
     sw_free(path);
-    if (r < 0)
+    if (r < 0) {
+        sw_free(peers_buf);
         return fail("cannot load the identity", r);
+    }
     if (sw_global_opts.swarm_key && (r = sw_swarm_key_load(sw_global_opts.swarm_key, key)) < 0) {
         sw_identity_wipe(&id);
+        sw_free(peers_buf);
         return fail("cannot load the swarm key", r);
     }
     sw_peer_id_text(&id.id, pid);
@@ -301,6 +525,41 @@ int sw_cmd_serve(int argc, char **argv)
         rc = fail("cannot listen", r);
         goto out_srv;
     }
+    uv_timer_init(&v.loop, &v.refresh);
+    v.refresh.data = &v;
+    {
+        char h[64], ann[SW_DHT_ADDR_MAX];
+        int wild = strcmp(addr.host, "0.0.0.0") == 0 || strcmp(addr.host, "::") == 0 || !addr.host[0];
+        if (announce_opt)
+            snprintf(ann, sizeof(ann), "%s", announce_opt);
+        else if (wild)
+            snprintf(ann, sizeof(ann), "%s:%d", guess_host(h, sizeof(h)) ? h : "127.0.0.1", port);
+        else if (strchr(addr.host, ':'))
+            snprintf(ann, sizeof(ann), "[%.100s]:%d", addr.host, port);
+        else
+            snprintf(ann, sizeof(ann), "%.100s:%d", addr.host, port);
+        snprintf(v.address, sizeof(v.address), "%s@%s", pid, ann);
+        if (npeers || new_swarm) {
+            sw_dht_opts_t dopt;
+            uint8_t dkey[32];
+            int has_key = sw_global_opts.swarm_key && sw_swarm_key_load(sw_global_opts.swarm_key, dkey) == 0;
+            v.tps = sw_server_measure_decode(v.srv);
+            SW_LOG_I("serve", "throughput (provisional: one decode step timed at load): %.1f tokens/s",
+                     v.tps);
+            sw_dht_opts_default(&dopt);
+            dopt.announce_addr = ann;
+            dopt.swarm_key = has_key ? dkey : NULL;
+            r = sw_dht_new(&v.loop, v.node, &id, &dopt, &v.dht);
+            sodium_memzero(dkey, sizeof(dkey));
+            if (r < 0 || (r = sw_dht_bootstrap(v.dht, peers, npeers, on_boot, &v)) < 0) {
+                rc = fail("cannot start the DHT", r);
+                uv_close((uv_handle_t *)&v.refresh, NULL);
+                goto out_srv;
+            }
+        } else {
+            SW_LOG_I("serve", "no --initial-peers or --new-swarm: not announcing on the DHT");
+        }
+    }
     uv_signal_init(&v.loop, &v.sigint);
     uv_signal_init(&v.loop, &v.sigterm);
     v.sigint.data = v.sigterm.data = &v;
@@ -322,8 +581,13 @@ out_srv:
 out_node:
     sw_p2p_node_close(v.node, NULL, NULL);
     uv_run(&v.loop, UV_RUN_DEFAULT);
+    if (v.dht) {
+        sw_dht_close(v.dht, NULL, NULL);
+        uv_run(&v.loop, UV_RUN_DEFAULT);
+    }
 out_loop:
     uv_loop_close(&v.loop);
     sw_identity_wipe(&id);
+    sw_free(peers_buf);
     return rc;
 }

@@ -15,6 +15,7 @@ int sw_cmd_id(int argc, char **argv);
 int sw_cmd_swarm_key(int argc, char **argv);
 int sw_cmd_dht(int argc, char **argv);
 int sw_cmd_serve(int argc, char **argv);
+int sw_cmd_status(int argc, char **argv);
 
 /* Shared by main.c and the commands: options every subcommand accepts. */
 typedef struct {

@@ -27,6 +27,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     { "serve", sw_cmd_serve, "serve a span of transformer blocks to peers (--serve-layers A:B)" },
+    { "status", sw_cmd_status, "the swarm as the DHT shows it: servers per block, gaps, bottleneck" },
     { "eval", sw_cmd_eval, "run a prompt through the whole model locally; per-position argmax and log-probability" },
     { "generate", sw_cmd_generate, "greedy generation (--local: in this process)" },
     { "inspect", sw_cmd_inspect, "show a model's architecture, tensors, bytes per block per format" },

@@ -319,17 +319,13 @@ static int check_hidden(const sw_server_t *s, const ProtobufCBinaryData *hb, siz
 
 /* ======================================================================== loop thread: info */
 
-static void info_open(sw_p2p_call_t *call, const char *method, void *arg)
+int sw_server_info_encode(const sw_server_t *s, int state, double throughput, const char *model,
+                          const char *public_name, const char *address, uint8_t *buf, size_t cap)
 {
-    sw_server_t *s = arg;
     Swarmd__ServerInfo m = SWARMD__SERVER_INFO__INIT;
-    sw_p2p_call_cbs_t cbs = { NULL, NULL, NULL, NULL };
-    uint8_t buf[512];
-    size_t n;
 
-    sw_p2p_call_set_cbs(call, &cbs, NULL);
     m.version = (char *)SW_VERSION;
-    m.model = s->name;
+    m.model = (char *)(model ? model : s->name);
     m.start_block = (uint32_t)s->start;
     m.end_block = (uint32_t)s->end;
     m.num_blocks = (uint32_t)s->cfg->num_layers;
@@ -341,8 +337,27 @@ static void info_open(sw_p2p_call_t *call, const char *method, void *arg)
     m.max_batch_tokens = s->max_batch;
     m.sessions = (uint32_t)s->n_sessions;
     m.draining = s->draining != 0;
-    n = swarmd__server_info__pack(&m, buf);
-    if (sw_p2p_call_send(call, buf, n, NULL, 0, 0) == 0)
+    m.state = (Swarmd__ServerInfo__State)state;
+    m.throughput = throughput;
+    m.public_name = (char *)(public_name ? public_name : "");
+    m.address = (char *)(address ? address : "");
+    if (swarmd__server_info__get_packed_size(&m) > cap)
+        return SW_EUSAGE;
+    return (int)swarmd__server_info__pack(&m, buf);
+}
+
+static void info_open(sw_p2p_call_t *call, const char *method, void *arg)
+{
+    sw_server_t *s = arg;
+    sw_p2p_call_cbs_t cbs = { NULL, NULL, NULL, NULL };
+    uint8_t buf[1024];
+    int n;
+
+    (void)method;
+    sw_p2p_call_set_cbs(call, &cbs, NULL);
+    n = sw_server_info_encode(s, s->draining ? SWARMD__SERVER_INFO__STATE__OFFLINE : SWARMD__SERVER_INFO__STATE__ONLINE,
+                              0.0, NULL, NULL, NULL, buf, sizeof(buf));
+    if (n >= 0 && sw_p2p_call_send(call, buf, (size_t)n, NULL, 0, 0) == 0)
         sw_p2p_call_end(call, 0, NULL);
     else
         sw_p2p_call_cancel(call);
@@ -886,6 +901,31 @@ err:
 const char *sw_server_model_name(const sw_server_t *s)
 {
     return s->name;
+}
+
+double sw_server_measure_decode(sw_server_t *s)
+{
+    float *x = sw_calloc((size_t)s->H, sizeof(float));
+    uint64_t t0, t1;
+    int r = 0;
+
+    if (!x)
+        return 0.0;
+    for (int i = 0; i < s->H; i++)
+        x[i] = 0.01f * (float)((i % 7) - 3);
+    t0 = uv_hrtime();
+    for (int i = s->start; i < s->end && r >= 0; i++) {
+        sw_kv_t *kv = NULL;
+        if ((r = sw_kv_create(s->spans[i - s->start], 1, 1, &kv)) < 0)
+            break;
+        r = sw_span_forward(s->spans[i - s->start], kv, s->ops, x, 1, 1);
+        sw_kv_free(kv);
+    }
+    t1 = uv_hrtime();
+    sw_free(x);
+    if (r < 0 || t1 <= t0)
+        return 0.0;
+    return 1e9 / (double)(t1 - t0);
 }
 
 int sw_server_hidden_size(const sw_server_t *s)

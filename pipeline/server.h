@@ -80,4 +80,17 @@ void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg);
 const char *sw_server_model_name(const sw_server_t *s);
 int sw_server_hidden_size(const sw_server_t *s);
 
+/*
+ * Provisional throughput: times one decode step (batch 1, one token, a fresh cache) through the
+ * whole span on the calling thread and returns tokens/s (0 on failure). Call before any call is
+ * served (it shares the ops with the executor).
+ */
+double sw_server_measure_decode(sw_server_t *s);
+
+/* The ServerInfo message (proto/swarmd.proto) of this server packed into buf: state is one of
+ * SWARMD__SERVER_INFO__STATE__*, model overrides the model name when not NULL, public_name and
+ * address may be NULL. Returns the length, or SW_EUSAGE when cap is too small. */
+int sw_server_info_encode(const sw_server_t *s, int state, double throughput, const char *model,
+                          const char *public_name, const char *address, uint8_t *buf, size_t cap);
+
 #endif

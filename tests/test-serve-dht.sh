@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# test-serve-dht.sh - `swarmd serve` announcing on the DHT, read back with `swarmd status`: one
+# `swarmd dht serve --new-swarm`, two servers (blocks 0:2 and 2:4 of the llama-gqa-llama3 fixture)
+# joining through it; status shows both spans online and no gap; SIGTERM to one server: status
+# shows it offline (or gone) and the gap 2:4. Every wait is a bounded poll; all processes are
+# killed on exit.
+set -u
+: "${SWARMD:?}"
+: "${SW_SOURCE_ROOT:?}"
+pass=0
+fail=0
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  exec 2>/dev/null
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+bad() {
+  fail=$((fail + 1)); echo "not ok - $1"
+  for f in "$tmp/status" "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; sed 's/^/    | /' "$f" | tail -15; }; done
+}
+poll() { # poll SECONDS CMD...
+  local end=$((SECONDS + $1))
+  shift
+  while [ "$SECONDS" -le "$end" ]; do
+    "$@" && return 0
+    sleep 0.2
+  done
+  return 1
+}
+finish() {
+  echo "serve-dht: $pass passed, $fail failed"
+  [ "$fail" -eq 0 ]
+  exit $?
+}
+
+if ! "$SWARMD" status --help >/dev/null 2>&1; then
+  echo "serve-dht: 'swarmd status' is not in this binary's command table; skipped"
+  exit 77
+fi
+model="$SW_SOURCE_ROOT/tests/fixtures/llama-gqa-llama3"
+
+"$SWARMD" --identity "$tmp/boot.id" dht serve --new-swarm --listen 127.0.0.1:0 --table "$tmp/boot.table" \
+  --no-reachability-check >"$tmp/boot.log" 2>&1 &
+pids+=($!)
+if poll 20 grep -q '^address: ' "$tmp/boot.log"; then ok "bootstrap node up"; else bad "bootstrap node up"; finish; fi
+boot=$(sed -n 's/^address: //p' "$tmp/boot.log" | head -1)
+
+start_server() { # NAME SPAN
+  "$SWARMD" --identity "$tmp/$1.id" serve --model "$model" --serve-layers "$2" --listen 127.0.0.1:0 \
+    --initial-peers "$boot" --public-name "$1" >"$tmp/$1.log" 2>&1 &
+  pids+=($!)
+  eval "pid_$1=$!"
+}
+start_server alpha 0:2
+start_server beta 2:4
+for n in alpha beta; do
+  if poll 30 grep -q '^serving blocks' "$tmp/$n.log"; then ok "$n serving"; else bad "$n serving"; fi
+done
+
+status() { "$SWARMD" status --initial-peers "$boot" --model-name llama-gqa-llama3 --timeout 10 "$@" >"$tmp/status" 2>&1; }
+covered() {
+  status || return 1
+  grep -q 'online span 0:2 .*name "alpha"' "$tmp/status" && grep -q 'online span 2:4 .*name "beta"' "$tmp/status" &&
+    grep -q '^gaps: none' "$tmp/status" && grep -q '^model llama-gqa-llama3: 4 blocks' "$tmp/status"
+}
+if poll 30 covered; then ok "status: both spans online, no gap"; else bad "status: both spans online, no gap"; fi
+if grep -q '^bottleneck: block [0-3], [0-9.]* tokens/s' "$tmp/status"; then ok "status: bottleneck"; else bad "status: bottleneck"; fi
+if status --json && grep -q '"gaps":\[\]' "$tmp/status" && grep -q '"state":"online"' "$tmp/status"; then
+  ok "status --json"; else bad "status --json"; fi
+if status --num-blocks 4 && grep -q '^gaps: none' "$tmp/status"; then ok "status --num-blocks"; else bad "status --num-blocks"; fi
+
+# shellcheck disable=SC2154
+kill -TERM "$pid_beta"
+gone() {
+  status || return 1
+  ! grep -q 'online span 2:4' "$tmp/status" && grep -q '^gaps: 2:4' "$tmp/status" &&
+    grep -q 'online span 0:2' "$tmp/status"
+}
+if poll 30 gone; then ok "status after SIGTERM: beta offline, gap 2:4"; else bad "status after SIGTERM: beta offline, gap 2:4"; fi
+if grep -q 'offline span 2:4 .*name "beta"' "$tmp/status"; then ok "beta announced offline"; else bad "beta announced offline"; fi
+rc=0
+poll 20 bash -c "! kill -0 $pid_beta 2>/dev/null" || rc=1
+wait "$pid_beta" || rc=$?
+if [ "$rc" -eq 0 ]; then ok "beta exited 0"; else echo "    rc $rc"; bad "beta exited 0"; fi
+if grep -q 'not announcing' "$tmp/alpha.log"; then bad "alpha announces"; else ok "alpha announces"; fi
+finish
