@@ -369,23 +369,6 @@ static int check_args(dopts_t *o)
 
 /* ======================================================================== setup */
 
-/* The first non-loopback IPv4 address of this machine, for a wildcard --listen without --announce. */
-static int guess_host(char *out, size_t cap)
-{
-    uv_interface_address_t *ifs;
-    int n, found = 0;
-
-    if (uv_interface_addresses(&ifs, &n) < 0)
-        return 0;
-    for (int i = 0; i < n && !found; i++) {
-        if (ifs[i].is_internal || ifs[i].address.address4.sin_family != AF_INET)
-            continue;
-        found = uv_ip4_name(&ifs[i].address.address4, out, cap) == 0;
-    }
-    uv_free_interface_addresses(ifs, n);
-    return found;
-}
-
 static int load_identity(ctx_t *c)
 {
     dopts_t *o = c->o;
@@ -819,7 +802,7 @@ static int run(ctx_t *c)
         } else {
             char h[64];
             int wild = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || !host[0];
-            if (wild && !guess_host(h, sizeof(h))) {
+            if (wild && !sw_addr_guess_host(h, sizeof(h))) {
                 snprintf(h, sizeof(h), "127.0.0.1");
                 SW_LOG_W("dht", "no non-loopback IPv4 address: announcing 127.0.0.1 (pass --announce HOST:PORT)");
             }

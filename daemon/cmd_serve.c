@@ -231,23 +231,6 @@ static void on_signal(uv_signal_t *h, int signum)
     sw_server_drain(v->srv, v->grace_ms, drained, v);
 }
 
-/* The first non-loopback IPv4 address of this machine, for a wildcard --listen without --announce. */
-static int guess_host(char *out, size_t cap)
-{
-    uv_interface_address_t *ifs;
-    int n, found = 0;
-
-    if (uv_interface_addresses(&ifs, &n) < 0)
-        return 0;
-    for (int i = 0; i < n && !found; i++) {
-        if (ifs[i].is_internal || ifs[i].address.address4.sin_family != AF_INET)
-            continue;
-        found = uv_ip4_name(&ifs[i].address.address4, out, cap) == 0;
-    }
-    uv_free_interface_addresses(ifs, n);
-    return found;
-}
-
 static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 {
     char *end;
@@ -533,7 +516,8 @@ int sw_cmd_serve(int argc, char **argv)
         if (announce_opt)
             snprintf(ann, sizeof(ann), "%s", announce_opt);
         else if (wild)
-            snprintf(ann, sizeof(ann), "%s:%d", guess_host(h, sizeof(h)) ? h : "127.0.0.1", port);
+            snprintf(ann, sizeof(ann), "%s:%d", sw_addr_guess_host(h, sizeof(h)) ? h : "127.0.0.1",
+                     port);
         else if (strchr(addr.host, ':'))
             snprintf(ann, sizeof(ann), "[%.100s]:%d", addr.host, port);
         else

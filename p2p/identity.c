@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <sodium.h>
+#include <uv.h>
 
 #include "util/alloc.h"
 #include "util/error.h"
@@ -344,4 +345,20 @@ int sw_addr_parse(const char *s, sw_addr_t *out)
         return sw_err(SW_EFORMAT, "address '%.80s': port must be 1..65535", s);
     out->port = (uint16_t)port;
     return 0;
+}
+
+int sw_addr_guess_host(char *out, size_t cap)
+{
+    uv_interface_address_t *ifs;
+    int n, found = 0;
+
+    if (uv_interface_addresses(&ifs, &n) < 0)
+        return 0;
+    for (int i = 0; i < n && !found; i++) {
+        if (ifs[i].is_internal || ifs[i].address.address4.sin_family != AF_INET)
+            continue;
+        found = uv_ip4_name(&ifs[i].address.address4, out, cap) == 0;
+    }
+    uv_free_interface_addresses(ifs, n);
+    return found;
 }

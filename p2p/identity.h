@@ -82,4 +82,10 @@ typedef struct {
 /* Parses HOST:PORT, [V6]:PORT, PEERID@HOST:PORT; SW_EFORMAT with a detail otherwise. */
 int sw_addr_parse(const char *s, sw_addr_t *out);
 
+/*
+ * Writes the first non-loopback IPv4 address of this machine into out (cap bytes), for a node
+ * listening on a wildcard address with no --announce. Returns 1 if one was found, else 0.
+ */
+int sw_addr_guess_host(char *out, size_t cap);
+
 #endif
