@@ -11,7 +11,13 @@
  * server's owned subkey: first state joining, then online, refreshed every 20 s with a 60 s
  * expiry, and offline on SIGINT/SIGTERM (the node closes once those puts are answered and the
  * steps in flight are done). Without either option it serves without announcing and says so.
- * (--serve-layers auto and rebalancing come with the rest of issue 6.)
+ *
+ * --serve-layers auto --num-blocks N (needs --initial-peers): after a random delay (uniform in
+ * 0..2*--block-selection-delay, so servers started together pick apart), a throwaway DHT client
+ * reads the records of every block (the count from config.json), sums the throughput of each
+ * joining/online peer's span per block (daemon/blocks.h, peer-id order), and takes the window of
+ * N blocks Petals' rule picks (weakest blocks first, gaps before all). Then it loads and serves
+ * that span. (Rebalancing and a default N from free memory come later.)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -19,15 +25,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sodium.h>
 #include <uv.h>
 
+#include "blocks.h"
 #include "commands.h"
 #include "p2p/dht.h"
 #include "p2p/dht_internal.h"
 #include "p2p/identity.h"
 #include "p2p/rpc.h"
+#include "pipeline/config.h"
 #include "pipeline/server.h"
 #include "swarmd.pb-c.h"
 #include "util/alloc.h"
@@ -39,7 +48,7 @@ int sw_cmd_serve(int argc, char **argv);
 static void serve_usage(FILE *f)
 {
     fprintf(f,
-            "Usage: swarmd [global options] serve --model DIR --serve-layers A:B [options]\n"
+            "Usage: swarmd [global options] serve --model DIR --serve-layers A:B|auto [options]\n"
             "\n"
             "Loads transformer blocks A..B-1 of the model and serves them to peers: info,\n"
             "forward and inference-session calls over the encrypted transport. Prints one line,\n"
@@ -47,7 +56,14 @@ static void serve_usage(FILE *f)
             "SIGTERM stops it: no new sessions, steps in flight finish (up to --grace), exit 0.\n"
             "\n"
             "  --model DIR              Hugging Face checkpoint directory\n"
-            "  --serve-layers A:B       the blocks to serve, [A, B) (0-based; 'auto' comes later)\n"
+            "  --serve-layers A:B       the blocks to serve, [A, B) (0-based)\n"
+            "  --serve-layers auto      read the swarm's DHT (needs --initial-peers) and take the\n"
+            "                           --num-blocks blocks where its throughput is lowest (gaps\n"
+            "                           first; Petals' rule), then load and serve them\n"
+            "  --num-blocks N           how many blocks 'auto' takes (required for now; a default\n"
+            "                           from free memory comes later)\n"
+            "  --block-selection-delay S  before choosing, wait a random 0..2*S seconds so that\n"
+            "                           servers started together pick apart (default 1; 0: none)\n"
             "  --listen HOST:PORT       address to listen on (default 0.0.0.0:31330; port 0: any)\n"
             "  --quant Q                weight format: nf4, int8 or none (default: as stored)\n"
             "  --int8-threshold T       LLM.int8() outlier threshold (default 6.0)\n"
@@ -296,6 +312,195 @@ static int parse_listen(const char *s, sw_addr_t *a)
     return 0;
 }
 
+/* --serve-layers auto: one DHT client on its own loop reads "<model>.<b>" for every block. */
+#define PICK_MAX_PEERS 1024
+
+typedef struct {
+    uv_loop_t loop;
+    sw_identity_t id;
+    sw_p2p_node_t *node;
+    sw_dht_t *dht;
+    uv_timer_t deadline;
+    const char *model;
+    int nblocks, cur, rc, closing;
+    sw_span_t spans[PICK_MAX_PEERS];
+    int state[PICK_MAX_PEERS];
+    int nspans;
+} pick_t;
+
+static void pick_dht_closed(void *arg)
+{
+    pick_t *p = arg;
+    p->dht = NULL;
+    uv_close((uv_handle_t *)&p->deadline, NULL);
+}
+
+static void pick_node_closed(void *arg)
+{
+    pick_t *p = arg;
+    p->node = NULL;
+    sw_dht_close(p->dht, pick_dht_closed, p);
+}
+
+static void pick_finish(pick_t *p, int rc)
+{
+    if (p->closing)
+        return;
+    p->closing = 1;
+    p->rc = rc;
+    uv_timer_stop(&p->deadline);
+    sw_p2p_node_close(p->node, pick_node_closed, p);
+}
+
+static void pick_deadline(uv_timer_t *t)
+{
+    pick_t *p = t->data;
+    fprintf(stderr, "swarmd serve: --serve-layers auto: reading the DHT timed out\n");
+    pick_finish(p, -ETIMEDOUT);
+}
+
+static void pick_next(pick_t *p);
+
+static void pick_on_get(int status, const sw_dht_record_t *recs, size_t n, const sw_dht_lookup_info_t *info,
+                        void *arg)
+{
+    pick_t *p = arg;
+
+    (void)info;
+    if (p->closing)
+        return;
+    if (status < 0) {
+        fprintf(stderr, "swarmd serve: --serve-layers auto: reading block %d failed: %s\n", p->cur,
+                sw_strerror(status));
+        pick_finish(p, status);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Swarmd__ServerInfo *m;
+        int k;
+        if (recs[i].subkey_len != SW_DHT_OWNED_SUBKEY_LEN || !recs[i].signature)
+            continue;
+        m = swarmd__server_info__unpack(NULL, recs[i].value_len, recs[i].value);
+        if (!m)
+            continue;
+        for (k = 0; k < p->nspans; k++)
+            if (memcmp(p->spans[k].peer, recs[i].subkey + 5, SW_PEER_ID_LEN) == 0)
+                break;
+        /* a peer seen in several states: the highest wins (Petals' compute_spans) */
+        if (k < PICK_MAX_PEERS && (k == p->nspans || (int)m->state > p->state[k]) &&
+            m->start_block < m->end_block && m->end_block <= (uint32_t)p->nblocks) {
+            memcpy(p->spans[k].peer, recs[i].subkey + 5, SW_PEER_ID_LEN);
+            p->spans[k].start = (int)m->start_block;
+            p->spans[k].end = (int)m->end_block;
+            p->spans[k].tps = m->throughput;
+            p->state[k] = (int)m->state;
+            if (k == p->nspans)
+                p->nspans++;
+        }
+        swarmd__server_info__free_unpacked(m, NULL);
+    }
+    p->cur++;
+    pick_next(p);
+}
+
+static void pick_next(pick_t *p)
+{
+    char key[SW_DHT_KEY_MAX];
+    int r;
+
+    if (p->cur >= p->nblocks) {
+        pick_finish(p, 0);
+        return;
+    }
+    snprintf(key, sizeof(key), "%s.%d", p->model, p->cur);
+    if ((r = sw_dht_get(p->dht, key, strlen(key), pick_on_get, p)) < 0) {
+        fprintf(stderr, "swarmd serve: --serve-layers auto: cannot read the DHT: %s\n", sw_strerror(r));
+        pick_finish(p, r);
+    }
+}
+
+static void pick_on_boot(int status, uint32_t peers, void *arg)
+{
+    pick_t *p = arg;
+
+    if (p->closing)
+        return;
+    if (status < 0 && sw_dht_table_peers(p->dht, NULL, 0) == 0) {
+        fprintf(stderr, "swarmd serve: --serve-layers auto: none of the initial peers answered (%u)\n", peers);
+        pick_finish(p, status);
+        return;
+    }
+    pick_next(p);
+}
+
+/* Sets *start for `n` of `nblocks` blocks from the swarm's records. Returns 0 or a negative errno. */
+static int pick_blocks(const char **peers, size_t npeers, const char *model, int nblocks, int n, int *start)
+{
+    pick_t *p = sw_calloc(1, sizeof(*p));
+    sw_dht_opts_t dopt;
+    uint8_t key[32];
+    double *thr = NULL;
+    int r, has_key = 0, ns = 0;
+
+    if (!p)
+        return -ENOMEM;
+    p->model = model;
+    p->nblocks = nblocks;
+    if (sw_global_opts.swarm_key) {
+        if ((r = sw_swarm_key_load(sw_global_opts.swarm_key, key)) < 0)
+            goto out;
+        has_key = 1;
+    }
+    sw_identity_generate(&p->id);
+    uv_loop_init(&p->loop);
+    r = sw_p2p_node_new(&p->loop, &p->id, has_key ? key : NULL, NULL, &p->node);
+    if (r < 0) {
+        uv_loop_close(&p->loop);
+        goto out;
+    }
+    sw_dht_opts_default(&dopt);
+    dopt.client_mode = 1;
+    dopt.swarm_key = has_key ? key : NULL;
+    if ((r = sw_dht_new(&p->loop, p->node, &p->id, &dopt, &p->dht)) < 0) {
+        sw_p2p_node_close(p->node, NULL, NULL);
+        uv_run(&p->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&p->loop);
+        goto out;
+    }
+    uv_timer_init(&p->loop, &p->deadline);
+    p->deadline.data = p;
+    uv_timer_start(&p->deadline, pick_deadline, 60000, 0);
+    if ((r = sw_dht_bootstrap(p->dht, peers, npeers, pick_on_boot, p)) < 0)
+        pick_finish(p, r);
+    uv_run(&p->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&p->loop);
+    if ((r = p->rc) < 0)
+        goto out;
+    /* joining and online spans count; offline ones do not */
+    for (int k = 0; k < p->nspans; k++) {
+        if (p->state[k] != SWARMD__SERVER_INFO__STATE__JOINING && p->state[k] != SWARMD__SERVER_INFO__STATE__ONLINE)
+            continue;
+        p->spans[ns] = p->spans[k];
+        ns++;
+    }
+    r = -ENOMEM;
+    if (!(thr = sw_calloc((size_t)nblocks, sizeof(double))))
+        goto out;
+    if ((r = sw_block_throughputs(p->spans, ns, nblocks, thr)) < 0 ||
+        (r = sw_choose_blocks(thr, nblocks, n, start)) < 0)
+        goto out;
+    SW_LOG_I("serve", "auto: %d joining/online servers of %s; chose blocks %d:%d", ns, model, *start,
+             *start + n);
+    for (int b = 0; b < nblocks; b++)
+        SW_LOG_D("serve", "auto: block %d: %.1f tokens/s", b, thr[b]);
+out:
+    sodium_memzero(key, sizeof(key));
+    sw_identity_wipe(&p->id);
+    sw_free(thr);
+    sw_free(p);
+    return r;
+}
+
 static int fail(const char *what, int r)
 {
     const char *d = sw_err_detail();
@@ -321,10 +526,14 @@ int sw_cmd_serve(int argc, char **argv)
         { "announce", required_argument, NULL, 'A' },
         { "model-name", required_argument, NULL, 'M' },
         { "public-name", required_argument, NULL, 'P' },
+        { "num-blocks", required_argument, NULL, 'N' },
+        { "block-selection-delay", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *peers[64], *announce_opt = NULL;
+    int auto_layers = 0, num_blocks = 0;
+    double sel_delay = 1.0;
     char *peers_buf = NULL, model_name[128];
     size_t npeers = 0;
     int new_swarm = 0;
@@ -345,13 +554,32 @@ int sw_cmd_serve(int argc, char **argv)
         switch (c) {
         case 'm': so.model_dir = optarg; break;
         case 'l':
-            if (parse_layers(optarg, &so.start, &so.end) < 0) {
+            if (strcmp(optarg, "auto") == 0) {
+                auto_layers = 1;
+            } else if (parse_layers(optarg, &so.start, &so.end) < 0) {
                 fprintf(stderr, "swarmd serve: --serve-layers wants A:B with 0 <= A < B, such as "
-                                "0:8, not '%s' ('auto' is not built yet)\n", optarg);
+                                "0:8, or auto, not '%s'\n", optarg);
                 return 2;
+            } else {
+                auto_layers = 0;
             }
             have_layers = 1;
             break;
+        case 'N':
+            if (parse_u64("--num-blocks", optarg, 1, 1000000, &u) < 0)
+                return 2;
+            num_blocks = (int)u;
+            break;
+        case 'D': {
+            char *end;
+            sel_delay = strtod(optarg, &end);
+            if (end == optarg || *end || !(sel_delay >= 0.0) || sel_delay > 3600) {
+                fprintf(stderr, "swarmd serve: --block-selection-delay wants seconds (0 to 3600), not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
         case 'a': listen = optarg; break;
         case 'Q':
             if (sw_quant_parse(optarg, &lo.quant) < 0) {
@@ -440,6 +668,23 @@ int sw_cmd_serve(int argc, char **argv)
         sw_free(peers_buf);
         return 2;
     }
+    if (auto_layers && !num_blocks) {
+        fprintf(stderr, "swarmd serve: --serve-layers auto needs --num-blocks N for now (a default from "
+                        "free memory comes later)\n");
+        sw_free(peers_buf);
+        return 2;
+    }
+    if (auto_layers && !npeers && !new_swarm) {
+        fprintf(stderr, "swarmd serve: --serve-layers auto reads the swarm: give --initial-peers (or "
+                        "--new-swarm)\n");
+        sw_free(peers_buf);
+        return 2;
+    }
+    if (num_blocks && !auto_layers) {
+        fprintf(stderr, "swarmd serve: --num-blocks goes with --serve-layers auto\n");
+        sw_free(peers_buf);
+        return 2;
+    }
     if (parse_listen(listen, &addr) < 0) {
         fprintf(stderr, "swarmd serve: --listen wants HOST:PORT or [V6]:PORT, not '%s'\n", listen);
         sw_free(peers_buf);
@@ -458,6 +703,33 @@ int sw_cmd_serve(int argc, char **argv)
             if (*q == '.')
                 *q = '-';
         v.model_name = model_name;
+    }
+    if (auto_layers) {
+        sw_model_config_t mc;
+        if ((r = sw_model_config_load(so.model_dir, &mc)) < 0) {
+            sw_free(peers_buf);
+            return fail("cannot read config.json", r);
+        }
+        if (num_blocks > mc.num_layers) {
+            fprintf(stderr, "swarmd serve: --num-blocks %d: the model has %d blocks\n", num_blocks,
+                    mc.num_layers);
+            sw_free(peers_buf);
+            return 2;
+        }
+        if (sel_delay > 0) {
+            double d = 2.0 * sel_delay * ((double)randombytes_uniform(1000001) / 1000000.0);
+            struct timespec ts = { (time_t)d, (long)((d - (double)(time_t)d) * 1e9) };
+            SW_LOG_I("serve", "auto: waiting %.2f s before choosing blocks", d);
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+        }
+        if (new_swarm) {
+            so.start = 0; /* a new swarm has no records: every block is a gap */
+        } else if ((r = pick_blocks(peers, npeers, v.model_name, mc.num_layers, num_blocks, &so.start)) < 0) {
+            sw_free(peers_buf);
+            return fail("--serve-layers auto: cannot choose blocks", r);
+        }
+        so.end = so.start + num_blocks;
     }
     v.start = so.start;
     v.end = so.end;

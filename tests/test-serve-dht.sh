@@ -3,7 +3,7 @@
 # `swarmd dht serve --new-swarm`, two servers (blocks 0:2 and 2:4 of the llama-gqa-llama3 fixture)
 # joining through it; status shows both spans online and no gap; SIGTERM to one server: status
 # shows it offline (or gone) and the gap 2:4. Every wait is a bounded poll; all processes are
-# killed on exit.
+# killed on exit. Then `serve --serve-layers auto --num-blocks 2` takes the gap 2:4.
 set -u
 : "${SWARMD:?}"
 : "${SW_SOURCE_ROOT:?}"
@@ -89,4 +89,21 @@ poll 20 bash -c "! kill -0 $pid_beta 2>/dev/null" || rc=1
 wait "$pid_beta" || rc=$?
 if [ "$rc" -eq 0 ]; then ok "beta exited 0"; else echo "    rc $rc"; bad "beta exited 0"; fi
 if grep -q 'not announcing' "$tmp/alpha.log"; then bad "alpha announces"; else ok "alpha announces"; fi
+
+# --serve-layers auto: alpha online on 0:2, beta offline: a new server of 2 blocks takes the gap 2:4.
+"$SWARMD" --identity "$tmp/gamma.id" serve --model "$model" --serve-layers auto --num-blocks 2 \
+  --block-selection-delay 0 --listen 127.0.0.1:0 --initial-peers "$boot" --public-name gamma \
+  >"$tmp/gamma.log" 2>&1 &
+pids+=($!)
+if poll 40 grep -q '^serving blocks' "$tmp/gamma.log" && grep -q '^serving blocks 2:4 ' "$tmp/gamma.log"; then
+  ok "auto picks 2:4"; else bad "auto picks 2:4"; fi
+filled() {
+  status || return 1
+  grep -q 'online span 2:4 .*name "gamma"' "$tmp/status" && grep -q '^gaps: none' "$tmp/status"
+}
+if poll 30 filled; then ok "status after auto: no gaps"; else bad "status after auto: no gaps"; fi
+if "$SWARMD" serve --model "$model" --serve-layers auto --initial-peers "$boot" >"$tmp/noN.log" 2>&1; then
+  bad "auto without --num-blocks refused"
+elif grep -q 'needs --num-blocks' "$tmp/noN.log"; then ok "auto without --num-blocks refused"
+else bad "auto without --num-blocks refused"; fi
 finish
