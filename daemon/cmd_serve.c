@@ -103,6 +103,7 @@ typedef struct {
     double tps;
     int state, puts_pending, drained;
     int start, end;
+    uint64_t last_exp; /* expiration of the previous announcement */
 } serve_t;
 
 #define ANNOUNCE_TTL_MS 60000
@@ -190,6 +191,14 @@ static void announce(serve_t *v, int state)
     uint64_t exp = sw_dht_now_ms() + ANNOUNCE_TTL_MS;
     int n, r;
 
+    /*
+     * Later expiration wins and an equal one keeps the record a node already has, so each
+     * announcement must expire strictly later than the one before: "online" right after
+     * "joining" often falls in the same millisecond on a fast network.
+     */
+    if (exp <= v->last_exp)
+        exp = v->last_exp + 1;
+    v->last_exp = exp;
     v->state = state;
     sw_dht_owned_subkey(&v->id->id, subkey);
     n = sw_server_info_encode(v->srv, state, v->tps, v->model_name, v->public_name, v->address, buf,
