@@ -100,7 +100,7 @@ typedef struct {
     sw_identity_t *id;
     const char *model_name, *public_name;
     char address[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX];
-    double tps;
+    double tps, forward_rps, inference_rps, network_rps;
     int state, puts_pending, drained;
     int start, end;
     uint64_t last_exp; /* expiration of the previous announcement */
@@ -186,10 +186,12 @@ static void on_put(int status, uint32_t stored, const sw_dht_lookup_info_t *info
 /* Puts this server's ServerInfo for each of its blocks. */
 static void announce(serve_t *v, int state)
 {
-    uint8_t subkey[SW_DHT_OWNED_SUBKEY_LEN], buf[2048];
+    uint8_t subkey[SW_DHT_OWNED_SUBKEY_LEN], buf[2048], digest[32];
     char key[SW_DHT_KEY_MAX];
     uint64_t exp = sw_dht_now_ms() + ANNOUNCE_TTL_MS;
-    int n, r;
+    Swarmd__ServerInfo m;
+    size_t n;
+    int r;
 
     /*
      * Later expiration wins and an equal one keeps the record a node already has, so each
@@ -201,15 +203,30 @@ static void announce(serve_t *v, int state)
     v->last_exp = exp;
     v->state = state;
     sw_dht_owned_subkey(&v->id->id, subkey);
-    n = sw_server_info_encode(v->srv, state, v->tps, v->model_name, v->public_name, v->address, buf,
-                              sizeof(buf));
-    if (n < 0) {
-        SW_LOG_W("serve", "cannot encode the announcement: %s", sw_strerror(n));
-        return;
-    }
+    sw_server_info_fill(v->srv, &m);
+    m.state = (Swarmd__ServerInfo__State)state;
+    m.throughput = v->tps;
+    m.forward_rps = v->forward_rps;
+    m.inference_rps = v->inference_rps;
+    m.network_rps = v->network_rps;
+    m.model = (char *)v->model_name;
+    m.public_name = (char *)(v->public_name ? v->public_name : "");
+    m.address = v->address;
+    m.n_block_digests = 0; /* one record per block: weights_digest is that block's */
+    m.block_digests = NULL;
     for (int b = v->start; b < v->end; b++) {
+        sw_server_block_digest(v->srv, b, digest);
+        m.weights_digest.data = digest;
+        m.weights_digest.len = sizeof(digest);
+        n = swarmd__server_info__get_packed_size(&m);
+        if (n > sizeof(buf)) {
+            SW_LOG_W("serve", "the announcement of block %d is %zu bytes, more than %zu", b, n,
+                     sizeof(buf));
+            continue;
+        }
+        n = swarmd__server_info__pack(&m, buf);
         snprintf(key, sizeof(key), "%s.%d", v->model_name, b);
-        r = sw_dht_put(v->dht, key, strlen(key), subkey, sizeof(subkey), buf, (size_t)n, exp, on_put, v);
+        r = sw_dht_put(v->dht, key, strlen(key), subkey, sizeof(subkey), buf, n, exp, on_put, v);
         if (r < 0)
             SW_LOG_W("serve", "cannot announce block %d: %s", b, sw_strerror(r));
         else
@@ -779,10 +796,26 @@ int sw_cmd_serve(int argc, char **argv)
         rc = fail("cannot start the p2p node", r);
         goto out_loop;
     }
-    r = sw_server_new(&v.loop, v.node, &so, &v.srv);
+    r = sw_server_load(&so, &v.srv);
     if (r < 0) {
         rc = fail("cannot load the blocks", r);
         goto out_node;
+    }
+    if ((r = sw_server_measure(v.srv, 1.0, &v.forward_rps, &v.inference_rps)) < 0) {
+        rc = fail("cannot measure the throughput", r);
+        goto out_srv;
+    }
+    /* Petals' rule: a request uses (n + 1) / 2 of the span's n blocks on average; the network
+     * estimate is 100 Mbit/s of 16-bit hidden states until it is measured */
+    v.network_rps = 100e6 / (16.0 * sw_server_hidden_size(v.srv));
+    v.tps = v.forward_rps / ((so.end - so.start + 1) / 2.0);
+    if (v.tps > v.network_rps)
+        v.tps = v.network_rps;
+    SW_LOG_I("serve", "throughput: %.1f tokens/s per block forward, %.1f decode; network %.1f; "
+             "announced %.1f", v.forward_rps, v.inference_rps, v.network_rps, v.tps);
+    if ((r = sw_server_start(v.srv, &v.loop, v.node)) < 0) {
+        rc = fail("cannot start serving", r);
+        goto out_srv;
     }
     r = sw_p2p_node_listen(v.node, addr.host, addr.port, &port);
     if (r < 0) {
@@ -808,9 +841,6 @@ int sw_cmd_serve(int argc, char **argv)
             sw_dht_opts_t dopt;
             uint8_t dkey[32];
             int has_key = sw_global_opts.swarm_key && sw_swarm_key_load(sw_global_opts.swarm_key, dkey) == 0;
-            v.tps = sw_server_measure_decode(v.srv);
-            SW_LOG_I("serve", "throughput (provisional: one decode step timed at load): %.1f tokens/s",
-                     v.tps);
             sw_dht_opts_default(&dopt);
             dopt.announce_addr = ann;
             dopt.swarm_key = has_key ? dkey : NULL;

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "../util/alloc.h"
 #include "../util/error.h"
 #include "../util/log.h"
@@ -446,6 +448,100 @@ size_t sw_span_block_bytes(const sw_span_t *s, int block)
     if (bl->bg)
         n += (2 * (size_t)c->intermediate_size + c->hidden_size) * 4;
     return n;
+}
+
+static void digest_u64(crypto_generichash_state *st, uint64_t v)
+{
+    uint8_t b[8];
+
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    crypto_generichash_update(st, b, sizeof(b));
+}
+
+static void digest_str(crypto_generichash_state *st, const char *s)
+{
+    crypto_generichash_update(st, (const unsigned char *)s, strlen(s) + 1);
+}
+
+static void digest_bytes(crypto_generichash_state *st, const void *p, size_t n)
+{
+    if (n)
+        crypto_generichash_update(st, p, n);
+}
+
+int sw_span_block_digest(const sw_span_t *s, int block, uint8_t out[32])
+{
+    static const char *const vec_names[] = { "input_layernorm", "post_attention_layernorm",
+                                             "q_proj.bias", "k_proj.bias", "v_proj.bias",
+                                             "o_proj.bias", "gate_proj.bias", "up_proj.bias",
+                                             "down_proj.bias" };
+    const sw_model_config_t *c = s->cfg;
+    const block_t *bl;
+    const sw_tensor_t *mats[SW_BLOCK_LINEARS];
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KD = (int64_t)c->num_kv_heads * c->head_dim;
+    crypto_generichash_state st;
+
+    if (block < s->a || block >= s->b)
+        return sw_err(-EINVAL, "block %d is not in the span %d:%d", block, s->a, s->b);
+    if (s->cuda)
+        return sw_err(SW_EUNSUPPORTED, "the digest of a span on the GPU: take it before "
+                      "sw_span_to_cuda");
+    bl = &s->blocks[block - s->a];
+    {
+        const float *vecs[] = { bl->attn_norm, bl->mlp_norm, bl->bq, bl->bk, bl->bv, bl->bo,
+                                bl->bg, bl->bu, bl->bd };
+        const int64_t lens[] = { H, H, QD, KD, KD, H, I, I, H };
+        mats[0] = &bl->wq, mats[1] = &bl->wk, mats[2] = &bl->wv, mats[3] = &bl->wo;
+        mats[4] = &bl->wg, mats[5] = &bl->wu, mats[6] = &bl->wd;
+        crypto_generichash_init(&st, NULL, 0, 32);
+        digest_bytes(&st, "swarmd-block-v1", 16);
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++) {
+            const sw_tensor_t *t = mats[k];
+            const sw_qstate_t *qs = t->qs;
+            size_t nb = sw_tensor_nbytes(t);
+            digest_str(&st, sw_block_linear_names[k]);
+            digest_str(&st, sw_dtype_name(t->dtype));
+            digest_u64(&st, (uint64_t)t->ndim);
+            for (int d = 0; d < t->ndim; d++)
+                digest_u64(&st, (uint64_t)t->shape[d]);
+            digest_u64(&st, nb);
+            digest_bytes(&st, t->data, nb);
+            if (t->dtype == SW_DTYPE_NF4 && qs) {
+                digest_u64(&st, (uint64_t)qs->blocksize);
+                digest_u64(&st, (uint64_t)qs->nblocks);
+                if (qs->qabsmax) {
+                    int64_t nn = (qs->nblocks + qs->nested_blocksize - 1) / qs->nested_blocksize;
+                    digest_u64(&st, 1);
+                    digest_bytes(&st, qs->qabsmax, (size_t)qs->nblocks);
+                    digest_u64(&st, (uint64_t)qs->nested_blocksize);
+                    digest_bytes(&st, qs->nested_absmax, (size_t)nn * sizeof(float));
+                    digest_bytes(&st, &qs->offset, sizeof(float));
+                } else {
+                    digest_u64(&st, 0);
+                    digest_bytes(&st, qs->absmax, (size_t)qs->nblocks * sizeof(float));
+                }
+            } else if (t->dtype == SW_DTYPE_I8 && qs) {
+                digest_bytes(&st, qs->scb, (size_t)t->shape[0] * sizeof(float));
+                digest_bytes(&st, &qs->threshold, sizeof(float));
+            }
+        }
+        for (size_t v = 0; v < sizeof(vecs) / sizeof(vecs[0]); v++) {
+            if (!vecs[v])
+                continue;
+            digest_str(&st, vec_names[v]);
+            digest_u64(&st, (uint64_t)lens[v]);
+            digest_bytes(&st, vecs[v], (size_t)lens[v] * sizeof(float));
+        }
+    }
+    crypto_generichash_final(&st, out, 32);
+    return 0;
+}
+
+sw_dtype_t sw_span_weight_dtype(const sw_span_t *s)
+{
+    return s->blocks[0].wq.dtype;
 }
 
 /* ------------------------------------------------------------------------------------------ */

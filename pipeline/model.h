@@ -85,6 +85,23 @@ size_t sw_span_block_bytes(const sw_span_t *s, int block);
 size_t sw_span_linear_bytes(const sw_span_t *s, int block, int k);
 
 /*
+ * BLAKE2b-256 digest of one block's weights as loaded (before sw_span_to_cuda; a span on a GPU
+ * is SW_EUNSUPPORTED), so that the same checkpoint loaded with the same --quant gives the same
+ * digest on every machine, and a pre-quantized checkpoint the digest of quantizing on load.
+ * Hashed in this order, integers as little-endian u64, float data as stored (IEEE, little-endian
+ * hosts): the tag "swarmd-block-v1\0"; then for each Linear in sw_block_linear_names order: its
+ * name with NUL, dtype name with NUL (sw_dtype_name), ndim, shape, data byte count, data bytes;
+ * then its quantization state - NF4: blocksize, nblocks, and either 0 + absmax (f32 x nblocks)
+ * or 1 + qabsmax (u8 x nblocks) + nested_blocksize + nested_absmax (f32) + offset (f32); Int8:
+ * SCB (f32 x N) and the outlier threshold (f32); dense: nothing; then each vector present in
+ * this order: input_layernorm, post_attention_layernorm, q/k/v/o/gate/up/down biases, as name
+ * with NUL, element count, f32 bytes. Cost: one pass over the block's bytes.
+ */
+int sw_span_block_digest(const sw_span_t *s, int block, uint8_t out[32]);
+/* The dtype the span's Linear weights are held in (SW_DTYPE_NF4, _I8, _BF16, _F16 or _F32). */
+sw_dtype_t sw_span_weight_dtype(const sw_span_t *s);
+
+/*
  * KV cache and scratch for B sequences of up to max_len positions through span s. All buffers
  * are allocated here, once, so sw_span_forward allocates nothing. For a span on a GPU the cache
  * and the activations are device memory (one allocation each), and the context's matmul

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/device.h"
 #include "pipeline/codec.h"
 #include "pipeline/model.h"
 #include "sw_build_config.h"
@@ -83,6 +84,11 @@ struct sw_server {
     int start, end, H;
     char name[128];
     const char *quant;
+    const char *format;       /* Linear weights as loaded: "nf4", "int8", "bf16", ... */
+    uint8_t (*digest)[32];    /* per block, sw_span_block_digest */
+    ProtobufCBinaryData *digest_pb; /* views of digest[] for ServerInfo.block_digests */
+    char device[160];         /* ServerInfo.device */
+    sw_cuda_ctx_t *cuda;      /* NULL: the CPU */
     const sw_ops_t *ops;
     uint64_t max_cache, cache_used, next_session;
     uint32_t max_batch, idle_ms;
@@ -102,10 +108,11 @@ struct sw_server {
     /* shutdown */
     int n_forward;            /* forward calls not yet freed */
     int draining, drain_fired, drain_finished;
+    int retiring;             /* sw_server_retire: the drain waits for the sessions to end */
     uv_timer_t drain_timer;
     void (*drain_done)(void *);
     void *drain_arg;
-    int closing, handles_open;
+    int started, closing, handles_open;
     void (*close_done)(void *);
     void *close_arg;
 };
@@ -319,53 +326,71 @@ static int check_hidden(const sw_server_t *s, const ProtobufCBinaryData *hb, siz
 
 /* ======================================================================== loop thread: info */
 
-int sw_server_info_encode(const sw_server_t *s, int state, double throughput, const char *model,
-                          const char *public_name, const char *address, uint8_t *buf, size_t cap)
+void sw_server_info_fill(const sw_server_t *s, Swarmd__ServerInfo *mp)
 {
     Swarmd__ServerInfo m = SWARMD__SERVER_INFO__INIT;
+    size_t fr = 0, tot = 0;
 
     m.version = (char *)SW_VERSION;
-    m.model = (char *)(model ? model : s->name);
+    m.model = (char *)s->name;
     m.start_block = (uint32_t)s->start;
     m.end_block = (uint32_t)s->end;
     m.num_blocks = (uint32_t)s->cfg->num_layers;
     m.hidden_size = (uint32_t)s->H;
     m.dtype = (char *)"float32";
     m.quant = (char *)s->quant;
+    m.format = (char *)s->format;
     m.cache_tokens_left = s->draining ? 0 : s->max_cache - s->cache_used;
     m.max_cache_tokens = s->max_cache;
     m.max_batch_tokens = s->max_batch;
     m.sessions = (uint32_t)s->n_sessions;
     m.draining = s->draining != 0;
-    m.state = (Swarmd__ServerInfo__State)state;
-    m.throughput = throughput;
-    m.public_name = (char *)(public_name ? public_name : "");
-    m.address = (char *)(address ? address : "");
-    if (swarmd__server_info__get_packed_size(&m) > cap)
-        return SW_EUSAGE;
-    return (int)swarmd__server_info__pack(&m, buf);
+    m.state = s->draining ? SWARMD__SERVER_INFO__STATE__OFFLINE : SWARMD__SERVER_INFO__STATE__ONLINE;
+    m.public_name = (char *)"";
+    m.address = (char *)"";
+    m.weights_digest = s->digest_pb[0];
+    m.n_block_digests = (size_t)(s->end - s->start);
+    m.block_digests = s->digest_pb;
+    m.device = (char *)s->device;
+    if (s->cuda && sw_cuda_mem_info(s->cuda, &fr, &tot) == 0) {
+        m.gpu_memory_free = fr;
+        m.gpu_memory_total = tot;
+    }
+    *mp = m;
+}
+
+int sw_server_block_digest(const sw_server_t *s, int block, uint8_t out[32])
+{
+    if (block < s->start || block >= s->end)
+        return -EINVAL;
+    memcpy(out, s->digest[block - s->start], 32);
+    return 0;
 }
 
 static void info_open(sw_p2p_call_t *call, const char *method, void *arg)
 {
     sw_server_t *s = arg;
     sw_p2p_call_cbs_t cbs = { NULL, NULL, NULL, NULL };
-    uint8_t buf[1024];
-    int n;
+    Swarmd__ServerInfo m;
+    uint8_t *buf;
+    size_t n;
 
     (void)method;
     sw_p2p_call_set_cbs(call, &cbs, NULL);
-    n = sw_server_info_encode(s, s->draining ? SWARMD__SERVER_INFO__STATE__OFFLINE : SWARMD__SERVER_INFO__STATE__ONLINE,
-                              0.0, NULL, NULL, NULL, buf, sizeof(buf));
-    if (n >= 0 && sw_p2p_call_send(call, buf, (size_t)n, NULL, 0, 0) == 0)
+    sw_server_info_fill(s, &m);
+    n = swarmd__server_info__get_packed_size(&m);
+    buf = sw_malloc(n ? n : 1);
+    if (buf && sw_p2p_call_send(call, buf, swarmd__server_info__pack(&m, buf), NULL, 0, 0) == 0)
         sw_p2p_call_end(call, 0, NULL);
     else
         sw_p2p_call_cancel(call);
+    sw_free(buf);
 }
 
 /* ======================================================================== loop thread: forward */
 
 static void drain_linger_check(sw_server_t *s);
+static void drain_check(sw_server_t *s);
 
 static void forward_free(job_t *j)
 {
@@ -505,6 +530,7 @@ static void session_closed(uv_handle_t *h)
     sw_free(ss->x);
     sw_free(ss->out);
     sw_free(ss);
+    drain_check(s);
     drain_linger_check(s);
     srv_maybe_free(s);
 }
@@ -813,18 +839,37 @@ static const char *quant_label(sw_quant_t q)
     return q == SW_QUANT_NF4 ? "nf4" : q == SW_QUANT_INT8 ? "int8" : "none";
 }
 
-int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *o,
-                  sw_server_t **out)
+static void srv_free_all(sw_server_t *s)
+{
+    for (int i = 0; s->spans && i < s->end - s->start; i++)
+        sw_span_free(s->spans[i]);
+    sw_free(s->spans);
+    sw_cuda_ctx_free(s->cuda);
+    sw_free(s->digest);
+    sw_free(s->digest_pb);
+    sw_model_close(s->model);
+    sw_codec_ctx_free(s->codec);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    sw_free(s);
+}
+
+static const char *dtype_format(sw_dtype_t dt)
+{
+    return dt == SW_DTYPE_NF4 ? "nf4" : dt == SW_DTYPE_I8 ? "int8" : sw_dtype_name(dt);
+}
+
+int sw_server_load(const sw_server_opts_t *o, sw_server_t **out)
 {
     sw_server_t *s;
     const char *base;
-    int r, L;
+    int r, L, n;
 
+    if ((r = sw_device_check(&o->device)) < 0)
+        return r;
     s = sw_calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    s->loop = loop;
-    s->node = node;
     s->ops = o->ops ? o->ops : &sw_ops_cpu;
     s->max_cache = o->max_cache_tokens ? o->max_cache_tokens : SW_SERVER_DEFAULT_CACHE_TOKENS;
     s->max_batch = o->max_batch_tokens ? o->max_batch_tokens : SW_SERVER_DEFAULT_BATCH_TOKENS;
@@ -835,6 +880,15 @@ int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *
     base = strrchr(o->model_dir, '/');
     base = base && base[1] ? base + 1 : o->model_dir;
     snprintf(s->name, sizeof(s->name), "%s", base);
+    if (o->device.kind == SW_DEVICE_CUDA) {
+        char gpu[128];
+        if ((r = sw_cuda_device_name(o->device.index, gpu, sizeof(gpu))) < 0 ||
+            (r = sw_cuda_ctx_create(o->device.index, &s->cuda)) < 0)
+            goto err;
+        snprintf(s->device, sizeof(s->device), "%s", gpu);
+    } else {
+        snprintf(s->device, sizeof(s->device), "%s", o->device_name ? o->device_name : "cpu");
+    }
     if ((r = sw_model_open(o->model_dir, &s->model)) < 0)
         goto err;
     s->cfg = sw_model_config(s->model);
@@ -847,55 +901,77 @@ int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *
     }
     s->start = o->start;
     s->end = o->end;
-    s->spans = sw_calloc((size_t)(s->end - s->start), sizeof(*s->spans));
-    if (!s->spans) {
+    n = s->end - s->start;
+    s->spans = sw_calloc((size_t)n, sizeof(*s->spans));
+    s->digest = sw_calloc((size_t)n, sizeof(*s->digest));
+    s->digest_pb = sw_calloc((size_t)n, sizeof(*s->digest_pb));
+    if (!s->spans || !s->digest || !s->digest_pb) {
         r = -ENOMEM;
         goto err;
     }
-    /* one span per block, so that any sub-span runs without copying weights */
-    for (int i = s->start; i < s->end; i++)
-        if ((r = sw_span_load(s->model, i, i + 1, &o->load, &s->spans[i - s->start])) < 0)
+    /* one span per block, so that any sub-span runs without copying weights; each block's
+     * digest is taken from its host copy, before it moves to the GPU */
+    for (int i = s->start; i < s->end; i++) {
+        sw_span_t **sp = &s->spans[i - s->start];
+        if ((r = sw_span_load(s->model, i, i + 1, &o->load, sp)) < 0 ||
+            (r = sw_span_block_digest(*sp, i, s->digest[i - s->start])) < 0)
             goto err;
+        s->digest_pb[i - s->start].data = s->digest[i - s->start];
+        s->digest_pb[i - s->start].len = 32;
+        if (s->cuda && (r = sw_span_to_cuda(*sp, s->cuda)) < 0)
+            goto err;
+    }
+    s->format = dtype_format(sw_span_weight_dtype(s->spans[0]));
     if (o->load.quant == SW_QUANT_AUTO)
         s->quant = "as stored";
     if ((r = sw_codec_ctx_new(&s->codec)) < 0)
         goto err;
-    if ((r = uv_async_init(loop, &s->async, on_async)) < 0) {
-        r = sw_err(r, "uv_async_init: %s", uv_strerror(r));
-        goto err;
-    }
+    *out = s;
+    return 0;
+err:
+    srv_free_all(s);
+    return r;
+}
+
+int sw_server_start(sw_server_t *s, uv_loop_t *loop, sw_p2p_node_t *node)
+{
+    int r;
+
+    s->loop = loop;
+    s->node = node;
+    if ((r = uv_async_init(loop, &s->async, on_async)) < 0)
+        return sw_err(r, "uv_async_init: %s", uv_strerror(r));
+    s->started = 1;
     s->async.data = s;
     s->handles_open = 1;
     uv_timer_init(loop, &s->drain_timer);
     s->drain_timer.data = s;
     s->handles_open++;
-    if ((r = pthread_create(&s->thread, NULL, executor_main, s)) != 0) {
-        r = sw_err(-r, "cannot start the executor thread");
-        goto err_handles;
-    }
+    if ((r = pthread_create(&s->thread, NULL, executor_main, s)) != 0)
+        return sw_err(-r, "cannot start the executor thread");
     s->thread_started = 1;
     if ((r = sw_p2p_node_handle(node, "info", info_open, s)) < 0 ||
         (r = sw_p2p_node_handle(node, "forward", forward_open, s)) < 0 ||
         (r = sw_p2p_node_handle(node, "inference", inference_open, s)) < 0)
-        goto err_handles;
+        return r;
+    return 0;
+}
+
+int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *o,
+                  sw_server_t **out)
+{
+    sw_server_t *s;
+    int r;
+
+    if ((r = sw_server_load(o, &s)) < 0)
+        return r;
+    if ((r = sw_server_start(s, loop, node)) < 0) {
+        /* handles are closed by sw_server_close; the caller runs the loop for it */
+        sw_server_close(s, NULL, NULL);
+        return r;
+    }
     *out = s;
     return 0;
-err_handles:
-    /* handles are closed by sw_server_close; the caller runs the loop for it */
-    *out = s;
-    sw_server_close(s, NULL, NULL);
-    *out = NULL;
-    return r;
-err:
-    for (int i = 0; s->spans && i < s->end - s->start; i++)
-        sw_span_free(s->spans[i]);
-    sw_free(s->spans);
-    sw_model_close(s->model);
-    sw_codec_ctx_free(s->codec);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-    sw_free(s);
-    return r;
 }
 
 const char *sw_server_model_name(const sw_server_t *s)
@@ -903,29 +979,84 @@ const char *sw_server_model_name(const sw_server_t *s)
     return s->name;
 }
 
-double sw_server_measure_decode(sw_server_t *s)
+int sw_server_span(const sw_server_t *s, int *start, int *end)
 {
-    float *x = sw_calloc((size_t)s->H, sizeof(float));
-    uint64_t t0, t1;
-    int r = 0;
+    *start = s->start;
+    *end = s->end;
+    return s->end - s->start;
+}
 
+/* Seconds of the monotonic clock between two uv_hrtime() readings. */
+static double secs(uint64_t t0, uint64_t t1)
+{
+    return t1 > t0 ? (double)(t1 - t0) * 1e-9 : 1e-9;
+}
+
+int sw_server_measure(sw_server_t *s, double budget_s, double *forward_rps, double *inference_rps)
+{
+    const sw_span_t *sp = s->spans[0];
+    int Tf = s->max_batch < 256 ? (int)s->max_batch : 256, nd = 0, nf = 0, r = 0, cap;
+    float *x;
+    sw_kv_t *kv = NULL;
+    uint64_t t0, t1;
+
+    *forward_rps = *inference_rps = 0.0;
+    if (s->started)
+        return sw_err(SW_ESTATE, "measure a server before it starts serving");
+    if (!(budget_s > 0))
+        budget_s = 1.0;
+    cap = Tf > 101 ? Tf : 101;
+    if (cap > s->cfg->max_position_embeddings)
+        cap = s->cfg->max_position_embeddings;
+    if (Tf > cap)
+        Tf = cap;
+    x = sw_calloc((size_t)cap * s->H, sizeof(float));
     if (!x)
-        return 0.0;
-    for (int i = 0; i < s->H; i++)
-        x[i] = 0.01f * (float)((i % 7) - 3);
-    t0 = uv_hrtime();
-    for (int i = s->start; i < s->end && r >= 0; i++) {
-        sw_kv_t *kv = NULL;
-        if ((r = sw_kv_create(s->spans[i - s->start], 1, 1, &kv)) < 0)
+        return -ENOMEM;
+    /* decode: one block, B = 1, T = 1 over a growing cache (Petals: 100 steps); one warm-up */
+    if ((r = sw_kv_create(sp, 1, cap, &kv)) < 0)
+        goto out;
+    t0 = t1 = uv_hrtime();
+    for (int i = 0; i < cap && r >= 0; i++) {
+        for (int k = 0; k < s->H; k++)
+            x[k] = 0.01f * (float)(((k + i) % 7) - 3);
+        r = sw_span_forward(sp, kv, s->ops, x, 1, 1);
+        if (i == 0)
+            t0 = uv_hrtime();
+        else
+            nd++;
+        t1 = uv_hrtime();
+        if (nd >= 100 || (nd >= 2 && secs(t0, t1) > budget_s / 2))
             break;
-        r = sw_span_forward(s->spans[i - s->start], kv, s->ops, x, 1, 1);
-        sw_kv_free(kv);
     }
-    t1 = uv_hrtime();
+    sw_kv_free(kv);
+    kv = NULL;
+    if (r < 0)
+        goto out;
+    *inference_rps = nd > 0 ? nd / secs(t0, t1) : 0.0;
+    /* forward: one block, B = 1, Tf tokens without a cache (Petals: 1024 tokens, 10 passes) */
+    if ((r = sw_kv_create(sp, 1, Tf, &kv)) < 0)
+        goto out;
+    t0 = t1 = uv_hrtime();
+    for (int i = 0; i < 11 && r >= 0; i++) {
+        for (size_t k = 0; k < (size_t)Tf * s->H; k++)
+            x[k] = 0.01f * (float)((int)(k % 7) - 3);
+        sw_kv_reset(kv);
+        r = sw_span_forward(sp, kv, s->ops, x, 1, Tf);
+        if (i == 0)
+            t0 = uv_hrtime();
+        else
+            nf++;
+        t1 = uv_hrtime();
+        if (nf >= 2 && secs(t0, t1) > budget_s / 2)
+            break;
+    }
+    if (r >= 0)
+        *forward_rps = nf > 0 ? (double)nf * Tf / secs(t0, t1) : 0.0;
+out:
+    sw_kv_free(kv);
     sw_free(x);
-    if (r < 0 || t1 <= t0)
-        return 0.0;
-    return 1e9 / (double)(t1 - t0);
+    return r;
 }
 
 int sw_server_hidden_size(const sw_server_t *s)
@@ -971,7 +1102,7 @@ static void drain_fire(sw_server_t *s)
 
 static void drain_check(sw_server_t *s)
 {
-    if (s->draining && !s->drain_fired && s->jobs_out == 0)
+    if (s->draining && !s->drain_fired && s->jobs_out == 0 && !(s->retiring && s->sessions))
         drain_fire(s);
 }
 
@@ -981,6 +1112,13 @@ static void drain_timeout(uv_timer_t *t)
 
     SW_LOG_W("serve", "grace period over with %d step(s) unfinished; stopping anyway", s->jobs_out);
     drain_fire(s);
+}
+
+void sw_server_retire(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg)
+{
+    if (!s->draining)
+        s->retiring = 1;
+    sw_server_drain(s, grace_ms, done, arg);
 }
 
 void sw_server_drain(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg)
@@ -1001,14 +1139,7 @@ static void srv_maybe_free(sw_server_t *s)
 
     if (!s->closing || s->handles_open || s->sessions)
         return;
-    for (int i = 0; s->spans && i < s->end - s->start; i++)
-        sw_span_free(s->spans[i]);
-    sw_free(s->spans);
-    sw_model_close(s->model);
-    sw_codec_ctx_free(s->codec);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-    sw_free(s);
+    srv_free_all(s);
     if (done)
         done(arg);
 }
@@ -1028,6 +1159,12 @@ void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg)
     s->closing = 1;
     s->close_done = done;
     s->close_arg = arg;
+    if (!s->started) { /* loaded, never started: nothing is bound to a loop */
+        srv_free_all(s);
+        if (done)
+            done(arg);
+        return;
+    }
     if (s->thread_started) {
         pthread_mutex_lock(&s->mu);
         s->stop = 1;

@@ -34,9 +34,11 @@
 
 #include <uv.h>
 
+#include "kernels/device.h"
 #include "kernels/ops.h"
 #include "p2p/rpc.h"
 #include "pipeline/weights.h"
+#include "swarmd.pb-c.h"
 
 typedef struct sw_server sw_server_t;
 
@@ -48,6 +50,8 @@ typedef struct {
     uint64_t max_cache_tokens; /* 0: SW_SERVER_DEFAULT_CACHE_TOKENS */
     uint32_t max_batch_tokens; /* 0: SW_SERVER_DEFAULT_BATCH_TOKENS */
     uint32_t idle_timeout_ms;  /* a session without a step for this long ends; 0: the default */
+    sw_device_t device;        /* where the blocks run; zeroed: the CPU */
+    const char *device_name;   /* ServerInfo.device on the CPU (NULL: "cpu"); a GPU gives its own */
 } sw_server_opts_t;
 
 #define SW_SERVER_DEFAULT_CACHE_TOKENS 16384
@@ -58,9 +62,25 @@ typedef struct {
  * Opens the model, loads blocks [start, end) (long: progress through opts->load), starts the
  * executor thread and registers the methods on node (which must outlive the server). Runs on the
  * loop thread before or between loop iterations. Errors with a detail (sw_err) naming the problem.
+ * The same as sw_server_load then sw_server_start.
  */
 int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *opts,
                   sw_server_t **out);
+
+/*
+ * The first half of sw_server_new: checks opts->device (a clear error when it is not there),
+ * opens the model, loads the blocks (to the GPU with a CUDA device) and takes each block's
+ * weights digest. Touches no loop, so it may run on a worker thread (e.g. loading a new span while
+ * the old one serves). Free an unstarted server with sw_server_close (done runs at once).
+ */
+int sw_server_load(const sw_server_opts_t *opts, sw_server_t **out);
+/*
+ * The second half: binds a loaded server to loop, starts its executor and registers its methods
+ * on node - replacing the handlers another server registered there (sw_p2p_node_handle: the
+ * latest registration takes new calls; calls already open stay with their server). Loop thread.
+ * On failure close the server with sw_server_close and run the loop.
+ */
+int sw_server_start(sw_server_t *s, uv_loop_t *loop, sw_p2p_node_t *node);
 
 /*
  * Starts the shutdown: new sessions and forward calls are refused from now on; steps already
@@ -70,9 +90,18 @@ int sw_server_new(uv_loop_t *loop, sw_p2p_node_t *node, const sw_server_opts_t *
 void sw_server_drain(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg);
 
 /*
+ * Retires the server after its span moved (the node stays up, another server takes new calls):
+ * like sw_server_drain, new sessions and forward calls are refused, but open inference sessions
+ * may go on stepping until they end by themselves; after grace_ms the ones left end with an error
+ * and done(arg) runs once every call is gone. Then sw_server_close frees it.
+ */
+void sw_server_retire(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg);
+
+/*
  * Stops the executor (a job running finishes first; queued ones are dropped) and frees the server;
  * done(arg) (may be NULL) runs on the loop once everything is released. Call after the node has
- * closed, so that no call is left; keep running the loop until done.
+ * closed, or after sw_server_drain/_retire finished and other handlers replaced this server's,
+ * so that no call is left; keep running the loop until done.
  */
 void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg);
 
@@ -80,17 +109,27 @@ void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg);
 const char *sw_server_model_name(const sw_server_t *s);
 int sw_server_hidden_size(const sw_server_t *s);
 
-/*
- * Provisional throughput: times one decode step (batch 1, one token, a fresh cache) through the
- * whole span on the calling thread and returns tokens/s (0 on failure). Call before any call is
- * served (it shares the ops with the executor).
- */
-double sw_server_measure_decode(sw_server_t *s);
+/* The span served: sets *start and *end, returns end - start. */
+int sw_server_span(const sw_server_t *s, int *start, int *end);
 
-/* The ServerInfo message (proto/swarmd.proto) of this server packed into buf: state is one of
- * SWARMD__SERVER_INFO__STATE__*, model overrides the model name when not NULL, public_name and
- * address may be NULL. Returns the length, or SW_EUSAGE when cap is too small. */
-int sw_server_info_encode(const sw_server_t *s, int state, double throughput, const char *model,
-                          const char *public_name, const char *address, uint8_t *buf, size_t cap);
+/*
+ * Measures compute throughput on the server's device and format, through ONE block (its first),
+ * in tokens/s: *inference_rps from decode steps (B = 1, T = 1, a growing cache, up to 100 steps)
+ * and *forward_rps from forward passes of min(256, --max-batch-tokens) tokens (up to 10), each
+ * after one warm-up, stopping early after about budget_s seconds (at least 2 timed runs each).
+ * Runs on the calling thread; call it between sw_server_load and sw_server_start (SW_ESTATE
+ * after), as it shares the ops with the executor.
+ */
+int sw_server_measure(sw_server_t *s, double budget_s, double *forward_rps, double *inference_rps);
+
+/*
+ * Fills *m (proto/swarmd.proto ServerInfo) with what the server knows: version, model, span,
+ * sizes, formats, cache tokens left, sessions, draining, device and GPU memory, weights_digest
+ * (of start_block) and block_digests (every block). Strings and bytes point into the server: pack
+ * *m before the server changes or goes. The announcer sets state, throughput and the rest.
+ */
+void sw_server_info_fill(const sw_server_t *s, Swarmd__ServerInfo *m);
+/* Block `block`'s weights digest (sw_span_block_digest) into out; -EINVAL outside the span. */
+int sw_server_block_digest(const sw_server_t *s, int block, uint8_t out[32]);
 
 #endif
