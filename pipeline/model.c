@@ -6,6 +6,7 @@
  *   y = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                n2 = rmsnorm(h)
  */
 #include "model.h"
+#include "model_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,27 +23,10 @@
 /* Tokens per sequence processed in one pass through a block; bounds the scratch buffers. */
 #define SW_CHUNK 64
 
-typedef struct {
-    sw_tensor_t wq, wk, wv, wo;     /* (NH*HD, H) (NKV*HD, H) (NKV*HD, H) (H, NH*HD) */
-    sw_tensor_t wg, wu, wd;         /* (I, H) (I, H) (H, I) */
-    float *bq, *bk, *bv, *bo;       /* biases or NULL */
-    float *bg, *bu, *bd;
-    float *attn_norm, *mlp_norm;    /* (H) */
-} block_t;
-
 struct sw_model {
     char *dir;
     sw_model_config_t cfg;
     sw_st_dir_t *ckpt;
-};
-
-struct sw_span {
-    const sw_model_config_t *cfg;
-    int a, b;
-    block_t *blocks;     /* b - a; on a GPU every pointer in them is device memory */
-    sw_cuda_ctx_t *cuda; /* NULL: CPU */
-    void *dmem;          /* the device allocation holding every weight of the span */
-    sw_qstate_t *dqs;    /* (b - a) * SW_BLOCK_LINEARS host states of device NF4 weights */
 };
 
 struct sw_kv {
