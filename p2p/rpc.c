@@ -1786,6 +1786,24 @@ int sw_p2p_node_handle(sw_p2p_node_t *n, const char *method, sw_p2p_handler_fn f
     return 0;
 }
 
+int sw_p2p_node_unhandle(sw_p2p_node_t *n, const void *arg)
+{
+    handler_t **p = &n->handlers;
+    int k = 0;
+
+    while (*p) {
+        handler_t *h = *p;
+        if (h->arg == arg) {
+            *p = h->next;
+            sw_free(h);
+            k++;
+        } else {
+            p = &h->next;
+        }
+    }
+    return k;
+}
+
 void sw_p2p_node_stats(const sw_p2p_node_t *n, sw_p2p_stats_t *out)
 {
     *out = n->stats;

@@ -105,8 +105,12 @@ void sw_p2p_node_close(sw_p2p_node_t *n, void (*done)(void *arg), void *arg);
  * bound port. Up to 4 listeners per node. */
 int sw_p2p_node_listen(sw_p2p_node_t *n, const char *host, int port, int *port_out);
 
-/* Registers the handler for `method` (copied; at most 64 printable characters). */
+/* Registers the handler for `method` (copied; at most 64 printable characters). A later
+ * registration of the same method takes the calls opened from then on. */
 int sw_p2p_node_handle(sw_p2p_node_t *n, const char *method, sw_p2p_handler_fn fn, void *arg);
+/* Removes every handler registered with `arg` (e.g. a server being freed while the node goes on);
+ * calls already open keep their callbacks. Returns how many were removed. */
+int sw_p2p_node_unhandle(sw_p2p_node_t *n, const void *arg);
 
 /*
  * Connects to addr (see sw_addr_parse); cb runs once with the ready connection or NULL and an error.
