@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels/device.h"
+#include "pipeline/backward.h"
 #include "pipeline/codec.h"
 #include "pipeline/model.h"
 #include "sw_build_config.h"
@@ -41,6 +42,8 @@ typedef struct job {
     /* the request, checked on the loop */
     int a, b, B, T, rollback; /* rollback: position to roll back to first, or -1 */
     sw_tensor_header_t in_h;
+    int backward;             /* JOB_FORWARD of a "backward" call: grad_h's payload follows in_h's */
+    sw_tensor_header_t grad_h;
     uint8_t *payload;         /* taken from the message; the executor frees it after decoding */
     size_t payload_len;
     sw_codec_opts_t out_opts;
@@ -175,6 +178,58 @@ out:
     return r;
 }
 
+/*
+ * "backward": decodes the inputs and the output gradient, runs the inputs forward through blocks
+ * [a, b - 1) keeping each block's input (B x T x H floats per block), then takes the gradient
+ * back block by block with sw_span_backward (which recomputes each block's forward).
+ */
+static int exec_backward(sw_server_t *s, job_t *j)
+{
+    size_t n = (size_t)j->B * j->T * s->H, hl = (size_t)j->in_h.encoded_len, cap;
+    int nb = j->b - j->a, r;
+    float *xs = sw_malloc((size_t)nb * n * sizeof(float)), *g = sw_malloc(n * sizeof(float));
+
+    if (!xs || !g) {
+        r = sw_err(-ENOMEM, "no memory for the backward of %d blocks x %zu values; send fewer "
+                   "tokens per call", nb, n);
+        goto out;
+    }
+    r = sw_codec_decode(s->codec, &j->in_h, j->payload, hl, xs, n);
+    if (r == 0)
+        r = sw_codec_decode(s->codec, &j->grad_h, j->payload + hl, j->payload_len - hl, g, n);
+    sw_free(j->payload);
+    j->payload = NULL;
+    if (r < 0)
+        goto out;
+    for (int i = 0; i + 1 < nb; i++) {
+        sw_kv_t *kv = NULL;
+        memcpy(xs + (size_t)(i + 1) * n, xs + (size_t)i * n, n * sizeof(float));
+        if ((r = sw_kv_create(s->spans[j->a + i - s->start], j->B, j->T, &kv)) < 0)
+            goto out;
+        r = sw_span_forward(s->spans[j->a + i - s->start], kv, s->ops, xs + (size_t)(i + 1) * n,
+                            j->B, j->T);
+        sw_kv_free(kv);
+        if (r < 0)
+            goto out;
+    }
+    for (int i = nb - 1; i >= 0; i--)
+        if ((r = sw_span_backward(s->spans[j->a + i - s->start], s->ops, xs + (size_t)i * n, g,
+                                  g, j->B, j->T)) < 0)
+            goto out;
+    if ((r = sw_codec_encoded_bound(&j->out_opts, n, &cap)) < 0)
+        goto out;
+    j->out = sw_malloc(cap ? cap : 1);
+    if (!j->out) {
+        r = sw_err(-ENOMEM, "no memory for the reply");
+        goto out;
+    }
+    r = encode_out(s, j, g, j->out, cap);
+out:
+    sw_free(xs);
+    sw_free(g);
+    return r;
+}
+
 static int exec_step(sw_server_t *s, job_t *j)
 {
     session_t *ss = j->sess;
@@ -229,7 +284,9 @@ static void *executor_main(void *arg)
         pthread_mutex_unlock(&s->mu);
 
         sw_err_clear();
-        j->status = j->kind == JOB_STEP ? exec_step(s, j) : exec_forward(s, j);
+        j->status = j->kind == JOB_STEP ? exec_step(s, j)
+                    : j->backward       ? exec_backward(s, j)
+                                        : exec_forward(s, j);
         if (j->status < 0) {
             const char *d = sw_err_detail();
             snprintf(j->error, sizeof(j->error), "%s", d[0] ? d : sw_strerror(j->status));
@@ -251,7 +308,7 @@ static void job_submit(sw_server_t *s, job_t *j)
     job_t **p;
 
     j->kind = j->sess ? JOB_STEP : JOB_FORWARD;
-    j->cost = (uint64_t)j->B * (uint64_t)j->T;
+    j->cost = (uint64_t)j->B * (uint64_t)j->T * (j->backward ? 3 : 1); /* ~3 forwards */
     j->seq = s->seq++;
     j->status = 0;
     j->error[0] = '\0';
@@ -471,12 +528,14 @@ static void forward_finish(sw_server_t *s, job_t *j)
             forward_fail(j, j->status, j->error);
         } else {
             Swarmd__ForwardResponse m = SWARMD__FORWARD_RESPONSE__INIT;
+            Swarmd__BackwardResponse mb = SWARMD__BACKWARD_RESPONSE__INIT;
             uint8_t hb[SW_CODEC_MAX_HEADER], body[SW_CODEC_MAX_HEADER + 16];
             size_t hl = 0, bl;
             sw_codec_header_pack(&j->out_h, hb, sizeof(hb), &hl);
-            m.hidden.data = hb;
-            m.hidden.len = hl;
-            bl = swarmd__forward_response__pack(&m, body);
+            m.hidden.data = mb.grad.data = hb;
+            m.hidden.len = mb.grad.len = hl;
+            bl = j->backward ? swarmd__backward_response__pack(&mb, body)
+                             : swarmd__forward_response__pack(&m, body);
             j->answered = 1;
             if (sw_p2p_call_send(j->call, body, bl, j->out, j->out_len, SW_P2P_SEND_TAKE) == 0)
                 sw_p2p_call_end(j->call, 0, NULL);
@@ -491,10 +550,70 @@ static void forward_finish(sw_server_t *s, job_t *j)
         forward_free(j);
 }
 
+/*
+ * A "backward" request: checked as "forward" is (span, codec, each tensor's header against its
+ * part of the payload, hidden size, --max-batch-tokens), and both tensors must have one shape.
+ */
+static void backward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+{
+    job_t *j = arg;
+    sw_server_t *s = j->srv;
+    Swarmd__BackwardRequest *q;
+    sw_tensor_header_t h;
+    uint64_t hl = 0;
+    int r, B2 = 0, T2 = 0;
+
+    if (j->answered || j->queued) {
+        forward_fail(j, SW_EFORMAT, "backward takes exactly one request message");
+        return;
+    }
+    q = swarmd__backward_request__unpack(NULL, msg->body_len, msg->body);
+    if (!q) {
+        forward_fail(j, SW_EFORMAT, "malformed BackwardRequest");
+        return;
+    }
+    sw_err_clear();
+    r = check_span(s, q->start_block, q->end_block);
+    if (r == 0)
+        r = check_codec(q->output_codec, &j->out_opts);
+    /* the inputs' payload comes first: its header says how long it is (check_hidden reports a
+     * missing or malformed header) */
+    if (r == 0 && q->hidden.len && sw_codec_header_unpack(q->hidden.data, q->hidden.len, &h) == 0)
+        hl = h.encoded_len;
+    if (r == 0 && hl > msg->payload_len)
+        r = sw_err(SW_EFORMAT, "inputs' tensor header says %llu payload bytes, the message "
+                   "carries %zu in all", (unsigned long long)hl, msg->payload_len);
+    if (r == 0)
+        r = check_hidden(s, &q->hidden, (size_t)hl, &j->in_h, &j->B, &j->T);
+    if (r == 0 && (r = check_hidden(s, &q->grad, msg->payload_len - (size_t)j->in_h.encoded_len,
+                                    &j->grad_h, &B2, &T2)) < 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "%s", sw_err_detail());
+        r = sw_err(r, "output gradient: %s", why);
+    }
+    if (r == 0 && (B2 != j->B || T2 != j->T))
+        r = sw_err(SW_EFORMAT, "output gradient is (%d, %d, %d), the inputs (%d, %d, %d): they "
+                   "must have one shape", B2, T2, s->H, j->B, j->T, s->H);
+    if (r < 0) {
+        swarmd__backward_request__free_unpacked(q, NULL);
+        forward_fail(j, r, sw_err_detail());
+        return;
+    }
+    j->out_opts.zstd = q->output_zstd;
+    j->a = (int)q->start_block;
+    j->b = (int)q->end_block;
+    swarmd__backward_request__free_unpacked(q, NULL);
+    j->payload_len = msg->payload_len;
+    j->payload = sw_p2p_msg_take_payload(msg);
+    job_submit(s, j);
+}
+
 static void forward_open(sw_p2p_call_t *call, const char *method, void *arg)
 {
     sw_server_t *s = arg;
-    sw_p2p_call_cbs_t cbs = { forward_msg, forward_end, forward_done, NULL };
+    int backward = strcmp(method, "backward") == 0;
+    sw_p2p_call_cbs_t cbs = { backward ? backward_msg : forward_msg, forward_end, forward_done,
+                              NULL };
     job_t *j = sw_calloc(1, sizeof(*j));
 
     if (!j) {
@@ -506,6 +625,7 @@ static void forward_open(sw_p2p_call_t *call, const char *method, void *arg)
     j->srv = s;
     j->call = call;
     j->rollback = -1;
+    j->backward = backward;
     s->n_forward++;
     sw_p2p_call_set_cbs(call, &cbs, j);
     if (s->draining)
@@ -952,6 +1072,7 @@ int sw_server_start(sw_server_t *s, uv_loop_t *loop, sw_p2p_node_t *node)
     s->thread_started = 1;
     if ((r = sw_p2p_node_handle(node, "info", info_open, s)) < 0 ||
         (r = sw_p2p_node_handle(node, "forward", forward_open, s)) < 0 ||
+        (r = sw_p2p_node_handle(node, "backward", forward_open, s)) < 0 ||
         (r = sw_p2p_node_handle(node, "inference", inference_open, s)) < 0)
         return r;
     return 0;

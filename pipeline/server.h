@@ -6,6 +6,9 @@
  *   "info"       unary: a ServerInfo (span, hidden size, formats, cache tokens left, version).
  *   "forward"    unary: ForwardRequest + (B, T, H) hidden states in, ForwardResponse + the output
  *                hidden states of blocks [start_block, end_block) out; no cache.
+ *   "backward"   unary: BackwardRequest + inputs (B, T, H) and dL/d(outputs) (B, T, H), payloads
+ *                concatenated, in; BackwardResponse + dL/d(inputs) of blocks [start_block,
+ *                end_block) out (pipeline/backward.h: forward recomputed, weights frozen; no cache).
  *   "inference"  bidirectional stream: InferenceRequest steps in, one InferenceResponse per step out.
  *                The first step reserves B x max_length positions of the KV cache budget; each step
  *                appends T >= 0 positions, optionally after rolling back to start_from_position.
@@ -18,8 +21,8 @@
  *
  * Threads (DESIGN.md "Threads"): handlers run on the libuv loop thread and only parse, check and
  * queue. One executor thread takes jobs from a priority queue - inference steps before forward
- * calls, then fewer tokens (B x T) before more, then arrival order - and does all decoding, block
- * compute and encoding. Finished jobs go back to the loop through uv_async_send, where replies are
+ * and backward calls, then fewer tokens (B x T, x 3 for a backward) before more, then arrival
+ * order - and does all decoding, block compute and encoding. Finished jobs go back to the loop through uv_async_send, where replies are
  * sent. A session has at most one step in flight: its call is paused from a step's arrival until
  * the reply has been handed to the transport, so a fast client cannot queue unbounded work.
  * Each job runs alone (no batching across sessions yet).

@@ -12,6 +12,11 @@
  *   - bad requests each get their error (wrong span, wrong hidden size, malformed header, body or
  *     payload, over-long session, exhausted cache, step past max_length, rollback past the end,
  *     wrong batch) and the server keeps serving;
+ *   - backward (input gradients) through B then A (the chain rule across servers), and through
+ *     all four blocks on C, equals the in-process sw_span_backward of the whole span within
+ *     1e-5 rel-L2 (codec none; bf16 replies within bf16 rounding); bad backward requests (wrong
+ *     span, mismatched shapes, split payload lengths, missing or malformed headers, batch limit)
+ *     each get their error and the server keeps serving;
  *   - an idle session is ended by the server; a SIGTERM'd server ends its sessions and exits 0
  *     (all three are stopped so; under ASan that checks the servers for leaks).
  * Needs SWARMD and SW_SOURCE_ROOT. Every wait is bounded; children are killed on exit.
@@ -29,6 +34,7 @@
 #include "kernels/ops.h"
 #include "p2p/identity.h"
 #include "p2p/rpc.h"
+#include "pipeline/backward.h"
 #include "pipeline/codec.h"
 #include "pipeline/local.h"
 #include "pipeline/model.h"
@@ -329,6 +335,56 @@ static int forward(int i, int a, int b, float *x, int B, int T, sw_codec_t codec
         return sw_err(SW_EFORMAT, "malformed ForwardResponse");
     e = decode(&m->hidden, r->payload[0], r->plen[0], B, T, x);
     swarmd__forward_response__free_unpacked(m, NULL);
+    return e;
+}
+
+/*
+ * backward on server i over blocks [a, b): inputs x and output gradient g (B, T, H); g becomes
+ * the input gradient. The request's payload is x's then g's. Returns the call's status.
+ */
+static int backward(int i, int a, int b, const float *x, float *g, int B, int T,
+                    sw_codec_t codec, rec_t *r)
+{
+    Swarmd__BackwardRequest q = SWARMD__BACKWARD_REQUEST__INIT;
+    uint8_t hb[SW_CODEC_MAX_HEADER], gb[SW_CODEC_MAX_HEADER], body[1024];
+    size_t hl, gl, px, pg, bl;
+    uint8_t *p1 = encode(x, B, T, H, SW_CODEC_NONE, hb, &hl, &px);
+    uint8_t *p2 = encode(g, B, T, H, SW_CODEC_NONE, gb, &gl, &pg);
+    uint8_t *p = sw_malloc(px + pg);
+    Swarmd__BackwardResponse *m;
+    int e = -EINVAL;
+
+    if (!p1 || !p2 || !p)
+        goto out;
+    memcpy(p, p1, px);
+    memcpy(p + px, p2, pg);
+    q.start_block = (uint32_t)a;
+    q.end_block = (uint32_t)b;
+    q.hidden.data = hb;
+    q.hidden.len = hl;
+    q.grad.data = gb;
+    q.grad.len = gl;
+    q.output_codec = (Swarmd__TensorHeader__Codec)codec;
+    bl = swarmd__backward_request__pack(&q, body);
+    if ((e = unary(i, "backward", body, bl, p, px + pg, r)) < 0)
+        goto out;
+    if ((e = r->status) < 0)
+        goto out;
+    if (r->nmsg != 1) {
+        e = sw_err(SW_EFORMAT, "backward replied %d messages", r->nmsg);
+        goto out;
+    }
+    m = swarmd__backward_response__unpack(NULL, r->blen[0], r->body[0]);
+    if (!m) {
+        e = sw_err(SW_EFORMAT, "malformed BackwardResponse");
+        goto out;
+    }
+    e = decode(&m->grad, r->payload[0], r->plen[0], B, T, g);
+    swarmd__backward_response__free_unpacked(m, NULL);
+out:
+    sw_free(p1);
+    sw_free(p2);
+    sw_free(p);
     return e;
 }
 
@@ -786,6 +842,171 @@ static void test_bad_forward(void)
     }
 }
 
+/* Input gradients through the swarm equal the in-process backward of the whole span. */
+static void test_backward_matches_local(void)
+{
+    enum { B = 2, T = TP };
+    size_t n = (size_t)B * T * H;
+    int32_t ids[B * T];
+    float *x = sw_malloc(n * sizeof(float)), *x2 = sw_malloc(n * sizeof(float));
+    float *r = sw_test_randv(n, 7, 1.0f), *ref = sw_malloc(n * sizeof(float));
+    float *g = sw_malloc(n * sizeof(float));
+    sw_span_t *sp = NULL;
+    rec_t rr;
+    double err;
+
+    for (int t = 0; t < T; t++) {
+        ids[t] = prompt[t];
+        ids[T + t] = (prompt[t] * 5 + 1) % V;
+    }
+    SW_CHECK_OK(sw_head_embed(head, &sw_ops_cpu, ids, B * T, x));
+    SW_CHECK_OK(sw_span_load(model, 0, cfg->num_layers, NULL, &sp));
+    int e = sw_span_backward(sp, &sw_ops_cpu, x, r, ref, B, T);
+    sw_span_free(sp);
+    SW_CHECK_OK(e);
+    /* the chain: x through A (0:2) gives B's inputs; the gradient goes back through B, then A */
+    memcpy(x2, x, n * sizeof(float));
+    SW_CHECK_OK(forward(0, 0, 2, x2, B, T, SW_CODEC_NONE, &rr));
+    rec_free(&rr);
+    memcpy(g, r, n * sizeof(float));
+    SW_CHECK_OK(backward(1, 2, 4, x2, g, B, T, SW_CODEC_NONE, &rr));
+    rec_free(&rr);
+    SW_CHECK_OK(backward(0, 0, 2, x, g, B, T, SW_CODEC_NONE, &rr));
+    rec_free(&rr);
+    err = sw_rel_l2(g, ref, n);
+    fprintf(stderr, "  backward B then A vs local: rel-L2 %.3g\n", err);
+    SW_CHECKF(err <= 1e-5, "backward through B then A: rel-L2 %g", err);
+    /* all four blocks on one server (C) */
+    memcpy(g, r, n * sizeof(float));
+    SW_CHECK_OK(backward(2, 0, 4, x, g, B, T, SW_CODEC_NONE, &rr));
+    rec_free(&rr);
+    err = sw_rel_l2(g, ref, n);
+    SW_CHECKF(err <= 1e-5, "backward 0:4 on C: rel-L2 %g", err);
+    /* a bf16 reply is the exact result rounded to bf16 (2^-8 relative per element) */
+    memcpy(g, r, n * sizeof(float));
+    SW_CHECK_OK(backward(2, 0, 4, x, g, B, T, SW_CODEC_BF16, &rr));
+    rec_free(&rr);
+    err = sw_rel_l2(g, ref, n);
+    SW_CHECKF(err <= 4e-3, "bf16 reply: rel-L2 %g to the exact gradient", err);
+    sw_free(x); sw_free(x2); sw_free(r); sw_free(ref); sw_free(g);
+}
+
+/* Sends a raw backward request to A and expects the call to fail with code and a text with what. */
+static int expect_backward_error(const Swarmd__BackwardRequest *q, const void *p, size_t pl,
+                                 int code, const char *what)
+{
+    uint8_t body[1024];
+    size_t bl = swarmd__backward_request__pack(q, body);
+    rec_t r;
+    int ok;
+
+    if (unary(0, "backward", body, bl, p, pl, &r) < 0)
+        return 0;
+    ok = r.status == code && r.nmsg == 0 && strstr(r.error, what) != NULL;
+    if (!ok)
+        fprintf(stderr, "  backward: status %d (%s), wanted %d with '%s'\n", r.status, r.error,
+                code, what);
+    rec_free(&r);
+    return ok;
+}
+
+static void test_bad_backward(void)
+{
+    Swarmd__BackwardRequest q = SWARMD__BACKWARD_REQUEST__INIT;
+    uint8_t hb[SW_CODEC_MAX_HEADER], gb[SW_CODEC_MAX_HEADER], g2b[SW_CODEC_MAX_HEADER];
+    uint8_t junk[40], *p, *px, *pg, *pg2;
+    size_t hl, gl, g2l, plx, plg, plg2;
+    float *x = sw_test_randv((size_t)2 * 4 * H, 8, 1.0f);
+
+    px = encode(x, 2, 3, H, SW_CODEC_NONE, hb, &hl, &plx);
+    pg = encode(x, 2, 3, H, SW_CODEC_FP16, gb, &gl, &plg);  /* any codec per tensor */
+    pg2 = encode(x, 2, 4, H, SW_CODEC_NONE, g2b, &g2l, &plg2);
+    p = sw_malloc(plx + plg2 + 8);
+    memcpy(p, px, plx);
+    memcpy(p + plx, pg, plg);
+    q.start_block = 0;
+    q.end_block = 2;
+    q.hidden.data = hb;
+    q.hidden.len = hl;
+    q.grad.data = gb;
+    q.grad.len = gl;
+    /* a valid request first (fp16 gradient), so the cases below fail for their one reason */
+    {
+        uint8_t body[1024];
+        size_t bl = swarmd__backward_request__pack(&q, body);
+        rec_t r;
+        SW_CHECK(unary(0, "backward", body, bl, p, plx + plg, &r) == 0);
+        int ok = r.status == 0 && r.nmsg == 1;
+        rec_free(&r);
+        SW_CHECKF(ok, "the valid request failed");
+    }
+    /* wrong span */
+    q.end_block = 3;
+    SW_CHECK(expect_backward_error(&q, p, plx + plg, SW_EUNSUPPORTED, "not served here"));
+    q.end_block = 2;
+    /* payload shorter than the two headers say, and longer */
+    SW_CHECK(expect_backward_error(&q, p, plx + plg - 2, SW_EFORMAT, "payload bytes"));
+    SW_CHECK(expect_backward_error(&q, p, plx + plg + 8, SW_EFORMAT, "payload bytes"));
+    /* the inputs' header claims more than the whole payload */
+    SW_CHECK(expect_backward_error(&q, p, plx - 4, SW_EFORMAT, "in all"));
+    /* gradient of another shape */
+    memcpy(p + plx, pg2, plg2);
+    q.grad.data = g2b;
+    q.grad.len = g2l;
+    SW_CHECK(expect_backward_error(&q, p, plx + plg2, SW_EFORMAT, "one shape"));
+    /* no gradient header; a malformed one */
+    q.grad.len = 0;
+    SW_CHECK(expect_backward_error(&q, p, plx, SW_EFORMAT, "output gradient: no hidden states"));
+    memset(junk, 0xff, sizeof(junk));
+    q.grad.data = junk;
+    q.grad.len = sizeof(junk);
+    SW_CHECK(expect_backward_error(&q, p, plx + 8, SW_EFORMAT, "output gradient: malformed"));
+    /* no inputs header */
+    q.grad.data = gb;
+    q.grad.len = gl;
+    q.hidden.len = 0;
+    SW_CHECK(expect_backward_error(&q, p, plx + plg, SW_EFORMAT, "no hidden states"));
+    q.hidden.len = hl;
+    /* unknown output codec */
+    q.output_codec = 9;
+    SW_CHECK(expect_backward_error(&q, p, plx + plg, SW_EUNSUPPORTED, "codec"));
+    q.output_codec = 0;
+    /* malformed body */
+    {
+        rec_t r;
+        SW_CHECK(unary(0, "backward", junk, sizeof(junk), NULL, 0, &r) == 0);
+        int ok = r.status == SW_EFORMAT && strstr(r.error, "malformed BackwardRequest");
+        rec_free(&r);
+        SW_CHECK(ok);
+    }
+    /* more tokens than --max-batch-tokens 512 */
+    {
+        float *big = sw_test_randv((size_t)600 * H, 9, 1.0f);
+        uint8_t *pb = encode(big, 1, 600, H, SW_CODEC_NONE, hb, &hl, &plx), *pp;
+        pp = sw_malloc(2 * plx);
+        memcpy(pp, pb, plx);
+        memcpy(pp + plx, pb, plx);
+        q.hidden.len = hl;
+        q.grad.data = hb;
+        q.grad.len = hl;
+        SW_CHECK(expect_backward_error(&q, pp, 2 * plx, SW_ELIMIT, "--max-batch-tokens"));
+        sw_free(pp);
+        sw_free(pb);
+        sw_free(big);
+    }
+    sw_free(p); sw_free(px); sw_free(pg); sw_free(pg2);
+    /* and the server still serves backward */
+    {
+        rec_t r;
+        float *y = sw_test_randv((size_t)H, 10, 1.0f), *gy = sw_test_randv((size_t)H, 11, 1.0f);
+        SW_CHECK_OK(backward(0, 0, 2, y, gy, 1, 1, SW_CODEC_NONE, &r));
+        rec_free(&r);
+        sw_free(y);
+        sw_free(gy);
+    }
+    sw_free(x);
+}
+
 /* Opens a session and sends a bare open step (T = 0); returns the status of that step. */
 static int open_bare(sess_t *s, int srv, int B, int max_length)
 {
@@ -970,6 +1191,8 @@ int main(void)
     SW_RUN(test_session_generate);
     SW_RUN(test_session_rollback);
     SW_RUN(test_bad_forward);
+    SW_RUN(test_backward_matches_local);
+    SW_RUN(test_bad_backward);
     SW_RUN(test_bad_sessions);
     SW_RUN(test_idle_timeout);
     SW_RUN(test_sigterm);
