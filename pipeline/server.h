@@ -22,9 +22,10 @@
  * Threads (DESIGN.md "Threads"): handlers run on the libuv loop thread and only parse, check and
  * queue. One executor thread takes jobs from a priority queue - inference steps before forward
  * and backward calls, then fewer tokens (B x T, x 3 for a backward) before more, then arrival
- * order - and does all decoding, block compute and encoding. Finished jobs go back to the loop through uv_async_send, where replies are
- * sent. A session has at most one step in flight: its call is paused from a step's arrival until
- * the reply has been handed to the transport, so a fast client cannot queue unbounded work.
+ * order - and does all decoding, block compute and encoding. Finished jobs go back to the loop
+ * through uv_async_send, where replies are sent. A session has at most one step in flight: its
+ * call is paused from a step's arrival until the reply has been handed to the transport, so a
+ * fast client cannot queue unbounded work.
  * Each job runs alone (no batching across sessions yet).
  *
  * Cache tokens: one token is one position of one sequence, across all blocks of the session's
