@@ -14,6 +14,11 @@
  * cheap next to it (O(M H) versus O(M H I)) and share one row loop between both tables; the fast
  * table only spreads their rows over the pool. The attention backward splits over (sequence, KV
  * head) pairs, so the heads of a GQA group that add into the same dk/dv run in one task.
+ *
+ * Measured (2-core AVX2 machine shared with other jobs, M = 256, W 4096 x 4096): matmul_dx 78
+ * GFLOP/s for bf16 and 48 for NF4 (scalar tile decode), against 159 and 157 for the forward
+ * matmul of the same shape. Left to do: vector tile decoding, and a dq / dk,dv split of the
+ * attention backward so that a batch of one sequence with few KV heads uses every thread.
  */
 #include "../backward.h"
 
