@@ -9,7 +9,7 @@
 
 #include "util/alloc.h"
 
-int sw_block_throughputs(sw_span_t *spans, int nspans, int n_blocks, double *thr)
+int sw_block_throughputs(sw_peer_span_t *spans, int nspans, int n_blocks, double *thr)
 {
     if (n_blocks < 1 || !thr || nspans < 0 || (nspans && !spans))
         return -EINVAL;
@@ -18,7 +18,7 @@ int sw_block_throughputs(sw_span_t *spans, int nspans, int n_blocks, double *thr
     if (!nspans)
         return 0;
     for (int i = 1; i < nspans; i++) { /* insertion sort: small arrays, stable */
-        sw_span_t t = spans[i];
+        sw_peer_span_t t = spans[i];
         int j = i - 1;
         while (j >= 0 && memcmp(spans[j].peer, t.peer, sizeof(t.peer)) > 0) {
             spans[j + 1] = spans[j];
@@ -105,13 +105,13 @@ static void add_span(double *thr, int n_blocks, int a, int e, double v)
         thr[b] += v;
 }
 
-int sw_should_move(sw_span_t *spans, int nspans, int n_blocks, const uint8_t self[32],
+int sw_should_move(sw_peer_span_t *spans, int nspans, int n_blocks, const uint8_t self[32],
                    double balance_quality, uint64_t seed, int *new_start, double *quality)
 {
     const double eps = 1e-3;
     double *thr = NULL, initial, now;
     int *order = NULL, me = -1, len, best, r, moved, rounds = 0;
-    sw_span_t *sp = NULL;
+    sw_peer_span_t *sp = NULL;
 
     if (quality)
         *quality = -1;
@@ -183,7 +183,7 @@ int sw_should_move(sw_span_t *spans, int nspans, int n_blocks, const uint8_t sel
             order[j] = t;
         }
         for (int k = 0; k < n; k++) {
-            sw_span_t *q = &sp[order[k]];
+            sw_peer_span_t *q = &sp[order[k]];
             int l = q->end - q->start, st;
             add_span(thr, n_blocks, q->start, q->end, -q->tps * (1 + eps));
             if ((r = sw_choose_blocks(thr, n_blocks, l, &st)) < 0)

@@ -15,7 +15,7 @@ typedef struct {
     uint8_t peer[32];
     int start, end;
     double tps;
-} sw_span_t;
+} sw_peer_span_t;
 
 /*
  * Sums into thr[0..n_blocks) the throughput of every span, each counted once per peer (the first
@@ -23,7 +23,7 @@ typedef struct {
  * the same on every node. Spans are clipped to [0, n_blocks). Sorts `spans` in place.
  * Returns 0, or -EINVAL for n_blocks < 1 or a NULL pointer.
  */
-int sw_block_throughputs(sw_span_t *spans, int nspans, int n_blocks, double *thr);
+int sw_block_throughputs(sw_peer_span_t *spans, int nspans, int n_blocks, double *thr);
 
 /*
  * Sets *start to the best window start for n blocks out of n_blocks (throughputs thr[]).
@@ -48,7 +48,7 @@ int sw_choose_blocks(const double *thr, int n_blocks, int n, int *start);
  * self not among spans), -ENOMEM. *quality gets initial / new when step 6 ran, else -1.
  * Sorts spans in place (peer-id order, as sw_block_throughputs).
  */
-int sw_should_move(sw_span_t *spans, int nspans, int n_blocks, const uint8_t self[32],
+int sw_should_move(sw_peer_span_t *spans, int nspans, int n_blocks, const uint8_t self[32],
                    double balance_quality, uint64_t seed, int *new_start, double *quality);
 
 #endif

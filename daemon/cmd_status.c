@@ -3,7 +3,9 @@
  * (a throwaway identity unless --identity is given), reads the ServerInfo records under
  * "<model>.<block>" for every block (proto/swarmd.proto; announced by `swarmd serve`), and prints
  * each block's servers, the gaps (blocks without an online server) and the bottleneck (the block
- * whose online servers' summed throughput is lowest).
+ * whose online servers' summed throughput is lowest). Each server's line shows its device, weight
+ * format and the short form of that block's weights digest; a block whose joining/online servers
+ * announce different digests is flagged (a client refuses the odd ones out).
  *
  * The block count is --num-blocks, or the largest num_blocks a record of block 0.. says.
  */
@@ -34,8 +36,11 @@ typedef struct {
     char name[64], addr[200];
     int state;
     uint32_t a, b;
-    double tps;
-    uint64_t cache_left;
+    double tps, fwd, inf, net;
+    uint64_t cache_left, gpu_total, gpu_free;
+    char device[96], format[16], version[24];
+    uint8_t digest[32];
+    int has_digest;
 } srv_t;
 
 typedef struct {
@@ -58,7 +63,8 @@ static void usage(FILE *f)
             "Reads the swarm's DHT and prints, for each block of the model, the servers announcing it\n"
             "(peer short id, state, span, throughput in tokens/s, public name), then the gaps (blocks\n"
             "no online server covers) and the bottleneck (the block with the lowest summed throughput\n"
-            "of its online servers). Throughputs are the servers' provisional figures.\n"
+            "of its online servers), with each server's device, weight format and weights digest\n"
+            "(first 8 bytes); blocks whose live servers announce different digests are flagged.\n"
             "\n"
             "  --initial-peers ADDR,... DHT nodes of the swarm (PEERID@HOST:PORT or HOST:PORT)\n"
             "  --model-name NAME        the model's swarm name (as 'swarmd serve' announces it)\n"
@@ -121,8 +127,42 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+static void hex8(const srv_t *s, char out[17])
+{
+    if (!s->has_digest) {
+        snprintf(out, 17, "-");
+        return;
+    }
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", s->digest[i]);
+}
+
+static int live(const srv_t *s)
+{
+    return s->state == SWARMD__SERVER_INFO__STATE__JOINING || s->state == SWARMD__SERVER_INFO__STATE__ONLINE;
+}
+
+/* 1 when the live servers of block b announce more than one digest (a missing one counts). */
+static int digests_differ(const st_t *c, int b)
+{
+    const srv_t *first = NULL;
+
+    for (int i = 0; i < c->count[b]; i++) {
+        const srv_t *s = &c->srv[b][i];
+        if (!live(s))
+            continue;
+        if (!first)
+            first = s;
+        else if (s->has_digest != first->has_digest ||
+                 (s->has_digest && memcmp(s->digest, first->digest, 32) != 0))
+            return 1;
+    }
+    return 0;
+}
+
 static void report(st_t *c)
 {
+    int nmismatch = 0;
     int worst = -1, ngaps = 0;
     double worst_tps = 0;
     double *sum = sw_calloc((size_t)c->nblocks + 1, sizeof(double));
@@ -135,6 +175,7 @@ static void report(st_t *c)
         for (int i = 0; i < c->count[b]; i++)
             if (c->srv[b][i].state == SWARMD__SERVER_INFO__STATE__ONLINE)
                 sum[b] += c->srv[b][i].tps > 0 ? c->srv[b][i].tps : 1e-9;
+        nmismatch += digests_differ(c, b);
         if (sum[b] <= 0)
             ngaps++;
         else if (worst < 0 || sum[b] < worst_tps) {
@@ -147,13 +188,26 @@ static void report(st_t *c)
         json_str(c->model);
         printf(",\"num_blocks\":%d,\"blocks\":[", c->nblocks);
         for (int b = 0; b < c->nblocks; b++) {
-            printf("%s{\"block\":%d,\"throughput\":%.3f,\"servers\":[", b ? "," : "", b, sum[b]);
+            printf("%s{\"block\":%d,\"throughput\":%.3f,\"digests_agree\":%s,\"servers\":[", b ? "," : "",
+                   b, sum[b], digests_differ(c, b) ? "false" : "true");
             for (int i = 0; i < c->count[b]; i++) {
                 srv_t *s = &c->srv[b][i];
+                char hex[65] = "";
+                for (int k = 0; s->has_digest && k < 32; k++)
+                    snprintf(hex + 2 * k, 3, "%02x", s->digest[k]);
                 printf("%s{\"peer\":\"%s\",\"state\":\"%s\",\"start\":%u,\"end\":%u,\"throughput\":%.3f,"
-                       "\"cache_tokens_left\":%llu,\"public_name\":", i ? "," : "", s->peer, state_name(s->state),
-                       s->a, s->b, s->tps, (unsigned long long)s->cache_left);
+                       "\"forward_rps\":%.3f,\"inference_rps\":%.3f,\"network_rps\":%.3f,"
+                       "\"cache_tokens_left\":%llu,\"gpu_memory_total\":%llu,\"gpu_memory_free\":%llu,"
+                       "\"weights_digest\":\"%s\",\"public_name\":", i ? "," : "", s->peer, state_name(s->state),
+                       s->a, s->b, s->tps, s->fwd, s->inf, s->net, (unsigned long long)s->cache_left,
+                       (unsigned long long)s->gpu_total, (unsigned long long)s->gpu_free, hex);
                 json_str(s->name);
+                printf(",\"device\":");
+                json_str(s->device);
+                printf(",\"format\":");
+                json_str(s->format);
+                printf(",\"version\":");
+                json_str(s->version);
                 printf(",\"address\":");
                 json_str(s->addr);
                 putchar('}');
@@ -167,18 +221,31 @@ static void report(st_t *c)
                 first = 0;
             }
         if (worst >= 0)
-            printf("],\"bottleneck\":{\"block\":%d,\"throughput\":%.3f}}\n", worst, worst_tps);
+            printf("],\"bottleneck\":{\"block\":%d,\"throughput\":%.3f}", worst, worst_tps);
         else
-            printf("],\"bottleneck\":null}\n");
+            printf("],\"bottleneck\":null");
+        printf(",\"digest_mismatches\":[");
+        for (int b = 0, first = 1; b < c->nblocks; b++)
+            if (digests_differ(c, b)) {
+                printf("%s%d", first ? "" : ",", b);
+                first = 0;
+            }
+        printf("]}\n");
     } else {
         printf("model %s: %d blocks\n", c->model, c->nblocks);
         for (int b = 0; b < c->nblocks; b++) {
-            printf("block %d: %d server%s, %.1f tokens/s online\n", b, c->count[b], c->count[b] == 1 ? "" : "s",
-                   sum[b]);
+            printf("block %d: %d server%s, %.1f tokens/s online%s\n", b, c->count[b], c->count[b] == 1 ? "" : "s",
+                   sum[b], digests_differ(c, b) ? "  WEIGHTS DIFFER: its servers announce different digests" : "");
             for (int i = 0; i < c->count[b]; i++) {
                 srv_t *s = &c->srv[b][i];
-                printf("  %s %s span %u:%u %.1f tokens/s (provisional) cache %llu name \"%s\"\n", s->peer,
-                       state_name(s->state), s->a, s->b, s->tps, (unsigned long long)s->cache_left, s->name);
+                char hex[17];
+                hex8(s, hex);
+                printf("  %s %s span %u:%u %.1f tokens/s cache %llu name \"%s\" digest %s %s on %s", s->peer,
+                       state_name(s->state), s->a, s->b, s->tps, (unsigned long long)s->cache_left, s->name, hex,
+                       s->format[0] ? s->format : "?", s->device[0] ? s->device : "?");
+                if (s->gpu_total)
+                    printf(" (%.1f of %.1f GiB free)", (double)s->gpu_free / (1 << 30), (double)s->gpu_total / (1 << 30));
+                printf("\n");
             }
         }
         printf("gaps:");
@@ -201,6 +268,14 @@ static void report(st_t *c)
             printf("bottleneck: block %d, %.1f tokens/s\n", worst, worst_tps);
         else
             printf("bottleneck: none (no block is served)\n");
+        printf("weights digests:");
+        if (!nmismatch)
+            printf(" agree on every block\n");
+        for (int b = 0; nmismatch && b < c->nblocks; b++)
+            if (digests_differ(c, b))
+                printf(" %d", b);
+        if (nmismatch)
+            printf(" (blocks whose servers disagree: same checkpoint and --quant give the same digest)\n");
     }
     fflush(stdout);
     sw_free(sum);
@@ -242,6 +317,26 @@ static void on_get(int status, const sw_dht_record_t *recs, size_t n, const sw_d
             s->b = m->end_block;
             s->tps = m->throughput;
             s->cache_left = m->cache_tokens_left;
+            s->fwd = m->forward_rps;
+            s->inf = m->inference_rps;
+            s->net = m->network_rps;
+            s->gpu_total = m->gpu_memory_total;
+            s->gpu_free = m->gpu_memory_free;
+            s->has_digest = m->weights_digest.len == 32;
+            if (s->has_digest)
+                memcpy(s->digest, m->weights_digest.data, 32);
+            snprintf(s->device, sizeof(s->device), "%s", m->device ? m->device : "");
+            snprintf(s->format, sizeof(s->format), "%s", m->format ? m->format : "");
+            snprintf(s->version, sizeof(s->version), "%s", m->version ? m->version : "");
+            for (char *q = s->device; *q; q++)
+                if ((unsigned char)*q < 0x20)
+                    *q = '?';
+            for (char *q = s->format; *q; q++)
+                if ((unsigned char)*q < 0x20)
+                    *q = '?';
+            for (char *q = s->name; *q; q++)
+                if ((unsigned char)*q < 0x20)
+                    *q = '?';
             snprintf(s->name, sizeof(s->name), "%s", m->public_name ? m->public_name : "");
             snprintf(s->addr, sizeof(s->addr), "%s", m->address ? m->address : "");
         }

@@ -1244,8 +1244,17 @@ void sw_server_retire(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg)
 
 void sw_server_drain(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg)
 {
-    if (s->draining)
+    if (s->draining) {
+        /* a retiring server told to shut down: sessions get no more time than the steps in
+         * flight, at most grace_ms from now; the first caller's done still runs */
+        if (s->retiring && !s->drain_fired) {
+            s->retiring = 0;
+            if (uv_timer_get_due_in(&s->drain_timer) > grace_ms)
+                uv_timer_start(&s->drain_timer, drain_timeout, grace_ms, 0);
+            drain_check(s);
+        }
         return;
+    }
     s->draining = 1;
     s->drain_done = done;
     s->drain_arg = arg;

@@ -90,6 +90,8 @@ int sw_server_start(sw_server_t *s, uv_loop_t *loop, sw_p2p_node_t *node);
  * Starts the shutdown: new sessions and forward calls are refused from now on; steps already
  * queued or running finish and their replies are sent, for at most grace_ms; then every open
  * session ends with an error saying the server is shutting down, and done(arg) runs on the loop.
+ * On a server already draining it does nothing, except to a retiring one (sw_server_retire):
+ * that one now drains as at shutdown, within grace_ms, and its first done still runs.
  */
 void sw_server_drain(sw_server_t *s, uint32_t grace_ms, void (*done)(void *arg), void *arg);
 

@@ -69,7 +69,7 @@ static void test_invalid(void)
 
 static void test_throughputs(void)
 {
-    sw_span_t sp[4];
+    sw_peer_span_t sp[4];
     double thr[4];
     memset(sp, 0, sizeof(sp));
     sp[0].peer[0] = 2; sp[0].start = 2; sp[0].end = 4; sp[0].tps = 10;
@@ -84,9 +84,9 @@ static void test_throughputs(void)
     SW_CHECK(sw_block_throughputs(sp, 4, 0, thr) == -EINVAL);
 }
 
-static sw_span_t span_of(int peer, int a, int b, double tps)
+static sw_peer_span_t span_of(int peer, int a, int b, double tps)
 {
-    sw_span_t s;
+    sw_peer_span_t s;
     memset(&s, 0, sizeof(s));
     s.peer[0] = (uint8_t)peer;
     s.start = a;
@@ -98,7 +98,7 @@ static sw_span_t span_of(int peer, int a, int b, double tps)
 static void test_should_move(void)
 {
     uint8_t me[32] = { 0 };
-    sw_span_t sp[6];
+    sw_peer_span_t sp[6];
     double q;
     int st = -1;
 

@@ -3,13 +3,16 @@
 # `swarmd dht serve --new-swarm`, two servers (blocks 0:2 and 2:4 of the llama-gqa-llama3 fixture)
 # joining through it; status shows both spans online and no gap; SIGTERM to one server: status
 # shows it offline (or gone) and the gap 2:4. Every wait is a bounded poll; all processes are
-# killed on exit. Then `serve --serve-layers auto --num-blocks 2` takes the gap 2:4.
+# killed on exit. Then `serve --serve-layers auto --num-blocks 2` takes the gap 2:4; status shows
+# each block's weights digest (the same for every server of a block) and device; --device cuda
+# without a GPU and a config file with an unknown key are refused.
 set -u
 : "${SWARMD:?}"
 : "${SW_SOURCE_ROOT:?}"
 pass=0
 fail=0
 tmp=$(mktemp -d)
+export SWARMD_CACHE_DIR="$tmp/cache" # throughput figures: not the user's ~/.cache
 pids=()
 cleanup() {
   exec 2>/dev/null
@@ -102,8 +105,25 @@ filled() {
   grep -q 'online span 2:4 .*name "gamma"' "$tmp/status" && grep -q '^gaps: none' "$tmp/status"
 }
 if poll 30 filled; then ok "status after auto: no gaps"; else bad "status after auto: no gaps"; fi
-if "$SWARMD" serve --model "$model" --serve-layers auto --initial-peers "$boot" >"$tmp/noN.log" 2>&1; then
-  bad "auto without --num-blocks refused"
-elif grep -q 'needs --num-blocks' "$tmp/noN.log"; then ok "auto without --num-blocks refused"
-else bad "auto without --num-blocks refused"; fi
+if grep -q 'digest [0-9a-f]\{16\} [a-z0-9]* on cpu' "$tmp/status" && grep -q '^weights digests: agree on every block' "$tmp/status"; then
+  ok "status: digests and device"; else bad "status: digests and device"; fi
+# the same block from two servers with the same checkpoint: the same digest
+if status --json && python3 - "$tmp/status" <<'PY'
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+for b in d["blocks"]:
+    live = [s for s in b["servers"] if s["state"] in ("joining", "online")]
+    assert b["digests_agree"] and all(len(s["weights_digest"]) == 64 for s in live), b
+    assert all(s["device"].startswith("cpu") and s["format"] for s in live), b
+assert d["digest_mismatches"] == []
+PY
+then ok "status --json: digests agree, device, format"; else bad "status --json: digests agree, device, format"; fi
+if "$SWARMD" serve --model "$model" --serve-layers 0:1 --device cuda >"$tmp/cuda.log" 2>&1; then
+  bad "--device cuda without a GPU refused"
+elif grep -q -e 'no CUDA GPU found' -e 'built without the CUDA backend' "$tmp/cuda.log"; then ok "--device cuda without a GPU refused"
+else bad "--device cuda without a GPU refused"; fi
+printf 'model = %s\nserve-layers = auto\nbogus = 1\n' "$model" >"$tmp/bad.conf"
+if "$SWARMD" serve --config "$tmp/bad.conf" >"$tmp/conf.log" 2>&1; then bad "--config: unknown key refused"
+elif grep -q "unknown setting 'bogus'" "$tmp/conf.log"; then ok "--config: unknown key refused"
+else bad "--config: unknown key refused"; fi
 finish
