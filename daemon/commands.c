@@ -1,5 +1,5 @@
 /*
- * commands.c - model-file and local-run subcommands (eval, generate, inspect, quantize) and the
+ * commands.c - model-file and local-run subcommands (eval, inspect, quantize) and the
  * identity ones (id, swarm-key).
  * Runs on the main thread; kernels parallelise on the global pool.
  */
@@ -105,7 +105,7 @@ static int fail(const char *cmd, const char *what, int r)
 }
 
 /* Parses "1,2,3" into a new array (caller frees). Every id must be a non-negative int32. */
-static int parse_ids(const char *opt, const char *s, int32_t **out, int *n_out)
+int sw_cli_parse_ids(const char *opt, const char *s, int32_t **out, int *n_out)
 {
     int32_t *ids;
     int n = 1;
@@ -133,19 +133,6 @@ static int parse_ids(const char *opt, const char *s, int32_t **out, int *n_out)
     }
     *out = ids;
     *n_out = n;
-    return 0;
-}
-
-static int parse_positive(const char *opt, const char *s, int max, int *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < 1 || v > max)
-        return sw_err(SW_EUSAGE, "%s wants a whole number from 1 to %d, not '%s'", opt, max, s);
-    *out = (int)v;
     return 0;
 }
 
@@ -209,7 +196,7 @@ int sw_cmd_eval(int argc, char **argv)
         eval_usage(stderr);
         return 2;
     }
-    if (parse_ids("--tokens", tokens, &ids, &T) < 0) {
+    if (sw_cli_parse_ids("--tokens", tokens, &ids, &T) < 0) {
         fprintf(stderr, "swarmd eval: %s\n", sw_err_detail());
         return 2;
     }
@@ -250,128 +237,6 @@ int sw_cmd_eval(int argc, char **argv)
     rc = 0;
 out:
     sw_free(logits);
-    sw_free(ids);
-    sw_local_close(l);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-
-static void generate_usage(FILE *f)
-{
-    fprintf(f,
-            "Usage: swarmd generate --local --model DIR --prompt-ids IDS [--max-new-tokens N]\n"
-            "                       [--max-len N]\n"
-            "\n"
-            "Greedy generation. Prints the new token ids, comma-separated, as they are produced.\n"
-            "\n"
-            "  --local              run every block in this process (the only mode in this version;\n"
-            "                       generation through a swarm comes with the serving work)\n"
-            "  --model DIR          Hugging Face checkpoint directory\n"
-            "  --prompt-ids IDS     prompt token ids, comma-separated: 1,2,3\n"
-            "  --max-new-tokens N   tokens to generate (default 16)\n"
-            "  --max-len N          context length to reserve (default: prompt + new tokens)\n"
-            DEVICE_HELP
-            QUANT_HELP
-            "  -h, --help           this help\n");
-}
-
-static void print_token(void *ctx, int32_t id)
-{
-    int *first = ctx;
-
-    printf(*first ? "%d" : ",%d", id);
-    *first = 0;
-    fflush(stdout);
-}
-
-int sw_cmd_generate(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        { "local", no_argument, NULL, 'l' },
-        { "model", required_argument, NULL, 'm' },
-        { "prompt-ids", required_argument, NULL, 'p' },
-        { "max-new-tokens", required_argument, NULL, 'n' },
-        { "max-len", required_argument, NULL, 'L' },
-        DEVICE_OPTION,
-        QUANT_OPTIONS,
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    const char *model = NULL, *prompt = NULL;
-    int c, local = 0, n_new = 16, max_len = 0, T = 0, first = 1, r, rc = 1;
-    int32_t *ids = NULL, *out_ids = NULL;
-    sw_local_t *l = NULL;
-    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
-    sw_device_t dev = { SW_DEVICE_CPU, 0 };
-
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'Q':
-        case 'X':
-            if (quant_option("generate", c, optarg, &lo))
-                return 2;
-            break;
-        case 'D':
-            if (device_option("generate", optarg, &dev))
-                return 2;
-            break;
-        case 'l': local = 1; break;
-        case 'm': model = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'n':
-        case 'L':
-            if (parse_positive(c == 'n' ? "--max-new-tokens" : "--max-len", optarg, 1 << 20,
-                               c == 'n' ? &n_new : &max_len) < 0) {
-                fprintf(stderr, "swarmd generate: %s\n", sw_err_detail());
-                return 2;
-            }
-            break;
-        case 'h': generate_usage(stdout); return 0;
-        default: generate_usage(stderr); return 2;
-        }
-    }
-    if (!model || !prompt || optind != argc) {
-        fprintf(stderr, "swarmd generate: --model and --prompt-ids are required\n\n");
-        generate_usage(stderr);
-        return 2;
-    }
-    if (!local) {
-        fprintf(stderr, "swarmd generate: this version generates only in-process; add --local "
-                        "(generation through a swarm is not built yet)\n");
-        return 2;
-    }
-    if (parse_ids("--prompt-ids", prompt, &ids, &T) < 0) {
-        fprintf(stderr, "swarmd generate: %s\n", sw_err_detail());
-        return 2;
-    }
-    if (max_len == 0)
-        max_len = T + n_new;
-    if (T + n_new - 1 > max_len) {
-        fprintf(stderr, "swarmd generate: prompt (%d) + new tokens (%d) exceed --max-len %d\n", T,
-                n_new, max_len);
-        sw_free(ids);
-        return 2;
-    }
-    out_ids = sw_malloc((size_t)n_new * sizeof(int32_t));
-    if (!out_ids) {
-        rc = fail("generate", "out of memory", -ENOMEM);
-        goto out;
-    }
-    r = sw_local_open_on(model, 1, max_len, &lo, &dev, &l);
-    if (r < 0) {
-        rc = fail("generate", "cannot load the model", r);
-        goto out;
-    }
-    r = sw_local_greedy(l, chosen_ops(), ids, T, n_new, out_ids, NULL, print_token, &first);
-    printf("\n");
-    if (r < 0) {
-        rc = fail("generate", "generation failed", r);
-        goto out;
-    }
-    rc = 0;
-out:
-    sw_free(out_ids);
     sw_free(ids);
     sw_local_close(l);
     return rc;

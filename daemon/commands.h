@@ -6,6 +6,8 @@
 #ifndef SW_DAEMON_COMMANDS_H
 #define SW_DAEMON_COMMANDS_H
 
+#include <stdint.h>
+
 int sw_cmd_eval(int argc, char **argv);
 int sw_cmd_generate(int argc, char **argv);
 int sw_cmd_inspect(int argc, char **argv);
@@ -26,5 +28,9 @@ typedef struct {
 } sw_global_opts_t;
 
 extern sw_global_opts_t sw_global_opts;
+
+/* Parses comma-separated token ids ("1,2,3") for option opt into a new array (*out, caller frees
+ * with sw_free) of *n ids; SW_EUSAGE with a detail on bad input. */
+int sw_cli_parse_ids(const char *opt, const char *s, int32_t **out, int *n);
 
 #endif

@@ -845,7 +845,8 @@ static void conn_fail(sw_p2p_conn_t *c, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    sw_log(status == -ECONNRESET || status == UV_EOF ? SW_LOG_INFO : SW_LOG_WARN, "p2p",
+    /* a peer going away, or not being there, is routine: its caller hears of it and decides */
+    sw_log(status == -ECONNRESET || status == UV_EOF || status == UV_ECONNREFUSED ? SW_LOG_INFO : SW_LOG_WARN, "p2p",
            "%s: closing connection: %s", c->who, msg);
     sw_err(status, "%s: %s", c->who, msg);
     conn_close_status(c, status);

@@ -93,6 +93,16 @@ sw_kv_t *sw_local_kv(sw_local_t *l)
     return l->kv;
 }
 
+sw_head_t *sw_local_head(sw_local_t *l)
+{
+    return l->head;
+}
+
+sw_span_t *sw_local_span(sw_local_t *l)
+{
+    return l->span;
+}
+
 size_t sw_local_bytes_per_token(const sw_local_t *l)
 {
     const sw_model_config_t *c = sw_model_config(l->model);

@@ -30,6 +30,10 @@ int sw_local_open_on(const char *dir, int B, int max_len, const sw_load_opts_t *
 void sw_local_close(sw_local_t *l);
 const sw_model_config_t *sw_local_config(const sw_local_t *l);
 sw_kv_t *sw_local_kv(sw_local_t *l);
+/* The head and the span of every block (owned by l), for callers that drive the blocks
+ * themselves (the client library's local mode). */
+sw_head_t *sw_local_head(sw_local_t *l);
+sw_span_t *sw_local_span(sw_local_t *l);
 /* Weight bytes one decode step reads: every block (as loaded) plus the final norm and LM head. */
 size_t sw_local_bytes_per_token(const sw_local_t *l);
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# test-generate.sh - distributed generation with real daemons on loopback (the llama-gqa-llama3
+# fixture, 4 blocks): one `swarmd dht serve --new-swarm` and servers joining through it.
+#   1. Exactness: a 3-server chain (0:2, 2:3, 3:4) gives the ids of `generate --local`, which
+#      tests/test-cli.sh checks against transformers; with --compress none and with the default
+#      bf16. --show-route prints the three hops.
+#   2. Failover: a fourth server (2:4) on a direct link is the best route for 2:4 (a, b and c sit
+#      behind the link emulator: 20, 10 and 10 ms each way); it is SIGKILLed after a few tokens of
+#      a 48-token generation: the client
+#      replays its inputs to the two servers of 2:3 and 3:4 (the span split across two) and the ids
+#      equal --local's. A second generation routes around the dead server from the start.
+#   3. Internet conditions: every server behind the link emulator at 100 ms RTT and 100 Mbit/s:
+#      same ids.
+#   4. Total loss: the only server of 0:2 SIGKILLed: a clear error naming blocks 0:2, within the
+#      retry budget.
+# Every wait is a bounded poll; all processes are killed on exit.
+set -u
+: "${SWARMD:?}"
+: "${SW_SOURCE_ROOT:?}"
+linkemu=${1:?usage: test-generate.sh LINKEMU}
+pass=0
+fail=0
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  exec 2>/dev/null
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+bad() {
+  fail=$((fail + 1)); echo "not ok - $1"
+  for f in "$tmp"/gen*.err "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; sed 's/^/    | /' "$f" | tail -12; }; done
+}
+poll() { # poll SECONDS CMD...
+  local end=$((SECONDS + $1))
+  shift
+  while [ "$SECONDS" -le "$end" ]; do
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+finish() {
+  echo "generate: $pass passed, $fail failed"
+  [ "$fail" -eq 0 ]
+  exit $?
+}
+
+model="$SW_SOURCE_ROOT/tests/fixtures/llama-gqa-llama3"
+prompt=1,15,300,42,7,99
+
+"$SWARMD" --identity "$tmp/boot.id" dht serve --new-swarm --listen 127.0.0.1:0 --no-reachability-check \
+  >"$tmp/boot.log" 2>&1 &
+pids+=($!)
+if poll 20 grep -q '^address: ' "$tmp/boot.log"; then ok "bootstrap node up"; else bad "bootstrap node up"; finish; fi
+boot=$(sed -n 's/^address: //p' "$tmp/boot.log" | head -1)
+
+# start_server NAME SPAN [extra serve options...]
+start_server() {
+  local name=$1 span=$2
+  shift 2
+  "$SWARMD" --identity "$tmp/$name.id" serve --model "$model" --serve-layers "$span" \
+    --initial-peers "$boot" --public-name "$name" --max-cache-tokens 4096 "$@" >"$tmp/$name.log" 2>&1 &
+  pids+=($!)
+  eval "pid_$name=$!"
+}
+# proxy NAME DELAY_MS RATE: a link emulator in front of port $port; sets proxy_port
+proxy() {
+  "$linkemu" --listen 127.0.0.1:0 --to "127.0.0.1:$port" --delay-ms "$2" ${3:+--rate-mbit "$3"} >"$tmp/$1.port" 2>"$tmp/$1.emu" &
+  pids+=($!)
+  poll 10 test -s "$tmp/$1.port" || return 1
+  proxy_port=$(head -1 "$tmp/$1.port")
+}
+free_port() { # a port nothing listens on (the server binds it right after)
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  return 1
+}
+serving() { poll 30 grep -q '^serving blocks' "$tmp/$1.log"; }
+online() { # online SPAN NAME: status shows it
+  "$SWARMD" status --initial-peers "$boot" --model-name llama-gqa-llama3 --timeout 10 >"$tmp/status" 2>&1 &&
+    grep -q "online span $1 .*name \"$2\"" "$tmp/status"
+}
+gen() { # gen OUT [options...]: generate through the swarm, ids in OUT, stderr in OUT.err
+  local out=$1
+  shift
+  "$SWARMD" generate --model "$model" --initial-peers "$boot" --prompt-ids "$prompt" "$@" >"$out" 2>"$out.err"
+}
+ids_count() { tr ',' '\n' <"$1" | grep -c '[0-9]'; }
+
+# ---- 1. exactness through three servers, each behind a link emulator (a: 20 ms each way, b and
+# c: 10 ms), so that a generation takes long enough to kill a server in the middle of it
+for n in a:20 b:10 c:10; do
+  port=$(free_port)
+  proxy "${n%:*}" "${n#*:}" || bad "link emulator for ${n%:*}"
+  eval "port_${n%:*}=$port proxy_${n%:*}=$proxy_port"
+done
+# shellcheck disable=SC2154
+start_server a 0:2 --listen "127.0.0.1:$port_a" --announce "127.0.0.1:$proxy_a"
+# shellcheck disable=SC2154
+start_server b 2:3 --listen "127.0.0.1:$port_b" --announce "127.0.0.1:$proxy_b"
+# shellcheck disable=SC2154
+start_server c 3:4 --listen "127.0.0.1:$port_c" --announce "127.0.0.1:$proxy_c"
+for n in a b c; do serving $n || { bad "$n serving"; finish; }; done
+if poll 30 online 0:2 a && poll 30 online 2:3 b && poll 30 online 3:4 c; then ok "three servers online"; else bad "three servers online"; fi
+
+"$SWARMD" generate --local --model "$model" --prompt-ids "$prompt" --max-new-tokens 16 >"$tmp/local16" 2>&1 || bad "local 16"
+"$SWARMD" generate --local --model "$model" --prompt-ids "$prompt" --max-new-tokens 48 >"$tmp/local48" 2>&1 || bad "local 48"
+if gen "$tmp/gen1" --max-new-tokens 16 --compress none --show-route && cmp -s "$tmp/gen1" "$tmp/local16"; then
+  ok "3-server ids == --local ids (compress none)"; else bad "3-server ids == --local ids (compress none)"; fi
+if grep -q 'route: 0:2 via .*(a).*, 2:3 via .*(b).*, 3:4 via .*(c)' "$tmp/gen1.err"; then
+  ok "--show-route prints the three hops"; else bad "--show-route prints the three hops"; fi
+if gen "$tmp/gen2" --max-new-tokens 16 && cmp -s "$tmp/gen2" "$tmp/local16"; then
+  ok "3-server ids == --local ids (bf16 default)"; else bad "3-server ids == --local ids (bf16 default)"; fi
+if gen "$tmp/gen3" --max-new-tokens 16 --compress blockwise8; then
+  ok "blockwise8 generates ($(tr ',' '\n' <"$tmp/gen3" | paste -d' ' - <(tr ',' '\n' <"$tmp/local16") | awk '$1==$2' | wc -l)/16 ids as local)"
+else bad "blockwise8 generates"; fi
+
+# ---- 2. failover: d (2:4, no emulator) is the best route for 2:4 until killed
+start_server d 2:4 --listen 127.0.0.1:0
+serving d || bad "d serving"
+if poll 30 online 2:4 d; then ok "d online"; else bad "d online"; fi
+gen "$tmp/gen4" --max-new-tokens 48 --compress none --show-route &
+genpid=$!
+if poll 30 bash -c "[ \$(tr ',' '\n' <'$tmp/gen4' | grep -c '[0-9]') -ge 5 ]"; then
+  ok "generation through d is under way"; else bad "generation through d is under way"; fi
+# shellcheck disable=SC2154
+kill -KILL "$pid_d"
+rc=0
+wait "$genpid" || rc=$?
+if grep -q 'route: 0:2 via .*(a).*, 2:4 via .*(d)' "$tmp/gen4.err"; then ok "d was on the route"; else bad "d was on the route"; fi
+if [ "$rc" -eq 0 ] && cmp -s "$tmp/gen4" "$tmp/local48"; then ok "ids after d's SIGKILL == --local ids"
+else echo "    rc $rc"; bad "ids after d's SIGKILL == --local ids"; fi
+if grep -q 'blocks 2:4 now go 2:3 via .*(b).*, 3:4 via .*(c).*; replaying [1-9][0-9]* position' "$tmp/gen4.err"; then
+  ok "the replacement split 2:4 across b and c, with a replay"; else bad "the replacement split 2:4 across b and c"; fi
+if gen "$tmp/gen5" --max-new-tokens 16 --compress none --show-route && cmp -s "$tmp/gen5" "$tmp/local16"; then
+  ok "a new session avoids the dead server"; else bad "a new session avoids the dead server"; fi
+
+# ---- 3. internet conditions: 100 ms RTT, 100 Mbit/s to every server
+for n in e f; do port=$(free_port); proxy "$n" 50 100 || bad "link emulator for $n"; eval "port_$n=$port proxy_$n=$proxy_port"; done
+# shellcheck disable=SC2154
+start_server e 0:2 --listen "127.0.0.1:$port_e" --announce "127.0.0.1:$proxy_e" --model-name slow-gqa
+# shellcheck disable=SC2154
+start_server f 2:4 --listen "127.0.0.1:$port_f" --announce "127.0.0.1:$proxy_f" --model-name slow-gqa
+serving e && serving f || bad "e, f serving"
+slow_online() {
+  "$SWARMD" status --initial-peers "$boot" --model-name slow-gqa --timeout 10 >"$tmp/status" 2>&1 &&
+    grep -q '^gaps: none' "$tmp/status"
+}
+poll 30 slow_online || bad "e, f online"
+start=$SECONDS
+if gen "$tmp/gen6" --max-new-tokens 8 --model-name slow-gqa --show-route && cmp -s "$tmp/gen6" <(cut -d, -f1-8 "$tmp/local16"); then
+  ok "100 ms RTT, 100 Mbit/s: same ids ($((SECONDS - start)) s)"; else bad "100 ms RTT, 100 Mbit/s: same ids"; fi
+
+# ---- 4. total loss of 0:2 (a and e serve other names; kill a)
+# shellcheck disable=SC2154
+kill -KILL "$pid_a"
+start=$SECONDS
+if gen "$tmp/gen7" --max-new-tokens 8 --max-retries 3; then bad "total loss fails"
+elif grep -q 'no usable server holds block 0\|blocks 0:2' "$tmp/gen7.err"; then ok "total loss: the error names block 0 ($((SECONDS - start)) s)"
+else bad "total loss: the error names the blocks"; fi
+if [ $((SECONDS - start)) -le 30 ]; then ok "total loss reported within 30 s"; else bad "total loss reported within 30 s"; fi
+finish
