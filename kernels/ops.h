@@ -54,6 +54,16 @@ typedef struct sw_ops {
 
     /* y (M, H) = rows ids[m] of table (V, H), any dtype. ids must be checked by the caller. */
     void (*embed)(float *y, const sw_tensor_t *table, const int32_t *ids, int M);
+
+    /*
+     * Batch invariance of matmul with weight w, for callers that stack the rows of independent
+     * sequences into one call (the server's continuous batching): sets [*lo, *hi] (containing M)
+     * to the row counts M' for which a call with M' rows computes each row of y bit-identically
+     * to a call with M rows, whatever the other rows hold. Returns 0, or -1 when a row's result
+     * may depend on the other rows of the call (LLM.int8() with an outlier threshold: the outlier
+     * columns are those of the whole x); then [*lo, *hi] = [M, M]. NULL: never invariant.
+     */
+    int (*matmul_batch_range)(const sw_tensor_t *w, int M, int *lo, int *hi);
 } sw_ops_t;
 
 extern const sw_ops_t sw_ops_ref;

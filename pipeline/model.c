@@ -685,45 +685,75 @@ int sw_kv_truncate(sw_kv_t *kv, int len)
 /* ------------------------------------------------------------------------------------------ */
 /* forward (executor thread)                                                                   */
 
-/* One block over kv->h: B sequences of Tc tokens at positions pos0 .. pos0 + Tc - 1. */
-static void block_forward(const sw_kv_t *kv, const block_t *bl, int li, const sw_ops_t *ops,
-                          int B, int Tc, int pos0, float attn_factor)
-{
-    const sw_model_config_t *c = kv->span->cfg;
-    int H = c->hidden_size, NH = c->num_heads, NKV = c->num_kv_heads, HD = c->head_dim;
-    int M = B * Tc, I = c->intermediate_size, max_len = kv->max_len;
-    size_t KD = (size_t)NKV * HD, layer_off = (size_t)li * kv->B * KD * max_len;
-    float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+/* The activations of one pass through a block: M rows, the rows of every segment stacked. */
+typedef struct {
+    float *h, *xn, *q, *kn, *vn, *att, *gate, *up, *tmp; /* (M, H) (M, H) (M, QD) ... */
+    int32_t *pos;                                        /* (M) absolute positions */
+} acts_t;
 
-    ops->rmsnorm(kv->xn, kv->h, bl->attn_norm, M, H, c->rms_norm_eps);
-    ops->matmul(kv->q, kv->xn, &bl->wq, bl->bq, M);
-    ops->matmul(kv->kn, kv->xn, &bl->wk, bl->bk, M);
-    ops->matmul(kv->vn, kv->xn, &bl->wv, bl->bv, M);
-    ops->rope(kv->q, kv->pos, M, NH, HD, kv->inv_freq, attn_factor);
-    ops->rope(kv->kn, kv->pos, M, NKV, HD, kv->inv_freq, attn_factor);
-    /* append the new keys/values: (B, Tc, NKV, HD) -> cache (B, NKV, max_len, HD) */
-    for (int b = 0; b < B; b++) {
-        for (int t = 0; t < Tc; t++) {
-            for (int g = 0; g < NKV; g++) {
-                size_t src = ((size_t)(b * Tc + t) * NKV + g) * HD;
-                size_t dst = (((size_t)b * NKV + g) * max_len + (size_t)(pos0 + t)) * HD;
-                memcpy(kc + dst, kv->kn + src, (size_t)HD * sizeof(float));
-                memcpy(vc + dst, kv->vn + src, (size_t)HD * sizeof(float));
+/* One cache's share of a pass: its B sequences of Tc tokens at positions pos0 .. pos0 + Tc - 1
+ * are rows row0 .. row0 + B Tc - 1 of the activations, in (B, Tc) order. */
+typedef struct {
+    sw_kv_t *kv;
+    int B, Tc, pos0;
+    size_t row0;
+    float attn_factor;
+} seg_t;
+
+/*
+ * Block li of span sp over the M rows of a, which hold the segments sg[0..nseg). Norms, Linear
+ * layers and SwiGLU run once over all rows; RoPE (each cache has its own dynamic-RoPE state),
+ * the cache append and attention run per segment against its own cache. A pass of one segment is
+ * what sw_span_forward runs; several are continuous batching (sw_span_forward_batch), which gives
+ * each segment the same bits as alone as long as every op is row-wise and the matmul is batch
+ * invariant over the row counts involved (ops.h matmul_batch_range, sw_span_batch_ok).
+ */
+static void block_forward(const sw_span_t *sp, const acts_t *a, const seg_t *sg, int nseg, int M,
+                          int li, const sw_ops_t *ops)
+{
+    const sw_model_config_t *c = sp->cfg;
+    const block_t *bl = &sp->blocks[li];
+    int H = c->hidden_size, NH = c->num_heads, NKV = c->num_kv_heads, HD = c->head_dim;
+    int I = c->intermediate_size, window = sw_model_layer_window(c, sp->a + li);
+    size_t KD = (size_t)NKV * HD, QD = (size_t)NH * HD;
+
+    ops->rmsnorm(a->xn, a->h, bl->attn_norm, M, H, c->rms_norm_eps);
+    ops->matmul(a->q, a->xn, &bl->wq, bl->bq, M);
+    ops->matmul(a->kn, a->xn, &bl->wk, bl->bk, M);
+    ops->matmul(a->vn, a->xn, &bl->wv, bl->bv, M);
+    for (int i = 0; i < nseg; i++) {
+        const seg_t *g = &sg[i];
+        const sw_kv_t *kv = g->kv;
+        int B = g->B, Tc = g->Tc, max_len = kv->max_len;
+        size_t layer_off = (size_t)li * kv->B * KD * max_len;
+        float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+        float *q = a->q + g->row0 * QD, *kn = a->kn + g->row0 * KD, *vn = a->vn + g->row0 * KD;
+
+        ops->rope(q, a->pos + g->row0, B * Tc, NH, HD, kv->inv_freq, g->attn_factor);
+        ops->rope(kn, a->pos + g->row0, B * Tc, NKV, HD, kv->inv_freq, g->attn_factor);
+        /* append the new keys/values: (B, Tc, NKV, HD) -> cache (B, NKV, max_len, HD) */
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < Tc; t++) {
+                for (int h = 0; h < NKV; h++) {
+                    size_t src = ((size_t)(b * Tc + t) * NKV + h) * HD;
+                    size_t dst = (((size_t)b * NKV + h) * max_len + (size_t)(g->pos0 + t)) * HD;
+                    memcpy(kc + dst, kn + src, (size_t)HD * sizeof(float));
+                    memcpy(vc + dst, vn + src, (size_t)HD * sizeof(float));
+                }
             }
         }
+        ops->attention(a->att + g->row0 * QD, q, kc, vc, B, Tc, g->pos0, max_len, NH, NKV, HD,
+                       window, 1.0f / sqrtf((float)HD), kv->attn_scratch);
     }
-    ops->attention(kv->att, kv->q, kc, vc, B, Tc, pos0, max_len, NH, NKV, HD,
-                   sw_model_layer_window(c, kv->span->a + li), 1.0f / sqrtf((float)HD),
-                   kv->attn_scratch);
-    ops->matmul(kv->tmp, kv->att, &bl->wo, bl->bo, M);
-    ops->add(kv->h, kv->tmp, (size_t)M * H);
+    ops->matmul(a->tmp, a->att, &bl->wo, bl->bo, M);
+    ops->add(a->h, a->tmp, (size_t)M * H);
 
-    ops->rmsnorm(kv->xn, kv->h, bl->mlp_norm, M, H, c->rms_norm_eps);
-    ops->matmul(kv->gate, kv->xn, &bl->wg, bl->bg, M);
-    ops->matmul(kv->up, kv->xn, &bl->wu, bl->bu, M);
-    ops->swiglu(kv->gate, kv->gate, kv->up, (size_t)M * I);
-    ops->matmul(kv->tmp, kv->gate, &bl->wd, bl->bd, M);
-    ops->add(kv->h, kv->tmp, (size_t)M * H);
+    ops->rmsnorm(a->xn, a->h, bl->mlp_norm, M, H, c->rms_norm_eps);
+    ops->matmul(a->gate, a->xn, &bl->wg, bl->bg, M);
+    ops->matmul(a->up, a->xn, &bl->wu, bl->bu, M);
+    ops->swiglu(a->gate, a->gate, a->up, (size_t)M * I);
+    ops->matmul(a->tmp, a->gate, &bl->wd, bl->bd, M);
+    ops->add(a->h, a->tmp, (size_t)M * H);
 }
 
 /* One block on the GPU: block_forward with the ops of kernels/cuda/backend.h. */
@@ -820,6 +850,9 @@ int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float 
                      kv->inv_freq, &attn_factor);
     for (int t0 = 0; t0 < T; t0 += SW_CHUNK) {
         int Tc = T - t0 < SW_CHUNK ? T - t0 : SW_CHUNK, pos0 = kv->len + t0;
+        acts_t a = { kv->h, kv->xn, kv->q, kv->kn, kv->vn, kv->att, kv->gate, kv->up, kv->tmp,
+                     kv->pos };
+        seg_t g = { kv, B, Tc, pos0, 0, attn_factor };
         for (int b = 0; b < B; b++) {
             memcpy(kv->h + (size_t)b * Tc * H, x + ((size_t)b * T + t0) * H,
                    (size_t)Tc * H * sizeof(float));
@@ -827,12 +860,157 @@ int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float 
                 kv->pos[b * Tc + t] = pos0 + t;
         }
         for (int i = 0; i < s->b - s->a; i++)
-            block_forward(kv, &s->blocks[i], i, ops, B, Tc, pos0, attn_factor);
+            block_forward(s, &a, &g, 1, B * Tc, i, ops);
         for (int b = 0; b < B; b++)
             memcpy(x + ((size_t)b * T + t0) * H, kv->h + (size_t)b * Tc * H,
                    (size_t)Tc * H * sizeof(float));
     }
     kv->len += T;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* continuous batching (executor thread)                                                       */
+
+struct sw_fwd_batch {
+    int max_rows;
+    acts_t a;
+    seg_t *seg;  /* max_rows: a segment has at least one row */
+};
+
+int sw_fwd_batch_create(const sw_model_config_t *c, int max_rows, sw_fwd_batch_t **out)
+{
+    size_t rows = (size_t)max_rows, QD = (size_t)c->num_heads * c->head_dim;
+    size_t KD = (size_t)c->num_kv_heads * c->head_dim, H = (size_t)c->hidden_size;
+    size_t I = (size_t)c->intermediate_size;
+    sw_fwd_batch_t *w;
+
+    if (max_rows < 1 || max_rows > (1 << 20))
+        return sw_err(-EINVAL, "batch workspace of %d rows is out of range", max_rows);
+    if (!(w = sw_calloc(1, sizeof(*w))))
+        return -ENOMEM;
+    w->max_rows = max_rows;
+    w->a.h = sw_alloc_aligned(64, rows * H * sizeof(float));
+    w->a.xn = sw_alloc_aligned(64, rows * H * sizeof(float));
+    w->a.q = sw_alloc_aligned(64, rows * QD * sizeof(float));
+    w->a.kn = sw_alloc_aligned(64, rows * KD * sizeof(float));
+    w->a.vn = sw_alloc_aligned(64, rows * KD * sizeof(float));
+    w->a.att = sw_alloc_aligned(64, rows * QD * sizeof(float));
+    w->a.gate = sw_alloc_aligned(64, rows * I * sizeof(float));
+    w->a.up = sw_alloc_aligned(64, rows * I * sizeof(float));
+    w->a.tmp = sw_alloc_aligned(64, rows * H * sizeof(float));
+    w->a.pos = sw_alloc_aligned(64, rows * sizeof(int32_t));
+    w->seg = sw_calloc(rows, sizeof(*w->seg));
+    if (!w->a.h || !w->a.xn || !w->a.q || !w->a.kn || !w->a.vn || !w->a.att || !w->a.gate ||
+        !w->a.up || !w->a.tmp || !w->a.pos || !w->seg) {
+        sw_fwd_batch_free(w);
+        return sw_err(-ENOMEM, "not enough memory for a batch workspace of %d rows (%.1f MiB)",
+                      max_rows, (double)rows * (3 * H + 2 * QD + 2 * KD + 2 * I) * 4 / (1 << 20));
+    }
+    *out = w;
+    return 0;
+}
+
+void sw_fwd_batch_free(sw_fwd_batch_t *w)
+{
+    if (!w)
+        return;
+    sw_free(w->a.h);
+    sw_free(w->a.xn);
+    sw_free(w->a.q);
+    sw_free(w->a.kn);
+    sw_free(w->a.vn);
+    sw_free(w->a.att);
+    sw_free(w->a.gate);
+    sw_free(w->a.up);
+    sw_free(w->a.tmp);
+    sw_free(w->a.pos);
+    sw_free(w->seg);
+    sw_free(w);
+}
+
+int sw_fwd_batch_rows(const sw_fwd_batch_t *w)
+{
+    return w->max_rows;
+}
+
+int sw_span_batch_ok(const sw_span_t *s, const sw_ops_t *ops, int min_rows, int max_T, int total)
+{
+    if (s->cuda || !ops || !ops->matmul_batch_range || min_rows < 1 || max_T < 1 ||
+        max_T > SW_CHUNK || total < min_rows)
+        return 0;
+    for (int i = 0; i < s->b - s->a; i++) {
+        const block_t *bl = &s->blocks[i];
+        const sw_tensor_t *mats[SW_BLOCK_LINEARS] = { &bl->wq, &bl->wk, &bl->wv, &bl->wo,
+                                                      &bl->wg, &bl->wu, &bl->wd };
+        for (int k = 0; k < SW_BLOCK_LINEARS; k++) {
+            int lo, hi;
+            if (ops->matmul_batch_range(mats[k], total, &lo, &hi) < 0 || min_rows < lo ||
+                total > hi)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+int sw_span_forward_batch(const sw_span_t *s, sw_kv_t *const *kvs, const sw_ops_t *ops,
+                          float *const *xs, const int *Ts, int n, sw_fwd_batch_t *w)
+{
+    const sw_model_config_t *c = s->cfg;
+    size_t H = (size_t)c->hidden_size, rows = 0;
+    int r;
+
+    if (n < 1 || n > w->max_rows)
+        return sw_err(-EINVAL, "a batch of %d sequences groups is out of range (1..%d)", n,
+                      w->max_rows);
+    for (int i = 0; i < n; i++) {
+        const sw_kv_t *kv = kvs[i];
+        if (kv->span != s)
+            return sw_err(-EINVAL, "KV cache %d of the batch belongs to another span", i);
+        if (Ts[i] < 1 || Ts[i] > kv->max_len - kv->len)
+            return sw_err(SW_ELIMIT, "%d new tokens do not fit: %d of %d positions are used; "
+                          "start a new session or raise the context length", Ts[i], kv->len,
+                          kv->max_len);
+        for (int j = 0; j < i; j++)
+            if (kvs[j] == kv)
+                return sw_err(-EINVAL, "KV cache %d appears twice in the batch", i);
+        rows += (size_t)kv->B * (size_t)Ts[i];
+    }
+    if (rows > (size_t)w->max_rows)
+        return sw_err(SW_ELIMIT, "a batch of %zu rows exceeds the workspace's %d", rows,
+                      w->max_rows);
+    if (s->cuda) { /* no batched GPU pass yet: one after the other, each exactly as alone */
+        for (int i = 0; i < n; i++)
+            if ((r = sw_span_forward(s, kvs[i], ops, xs[i], kvs[i]->B, Ts[i])) < 0)
+                return r;
+        return 0;
+    }
+    rows = 0;
+    for (int i = 0; i < n; i++) {
+        sw_kv_t *kv = kvs[i];
+        seg_t *g = &w->seg[i];
+        int B = kv->B, T = Ts[i];
+
+        sw_rope_inv_freq(c, sw_rope_dynamic_len(c, &kv->rope_cached, (int64_t)kv->len + T),
+                         kv->inv_freq, &g->attn_factor);
+        g->kv = kv;
+        g->B = B;
+        g->Tc = T;
+        g->pos0 = kv->len;
+        g->row0 = rows;
+        memcpy(w->a.h + rows * H, xs[i], (size_t)B * T * H * sizeof(float));
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                w->a.pos[rows + (size_t)b * T + t] = kv->len + t;
+        rows += (size_t)B * T;
+    }
+    for (int i = 0; i < s->b - s->a; i++)
+        block_forward(s, &w->a, w->seg, n, (int)rows, i, ops);
+    for (int i = 0; i < n; i++) {
+        const seg_t *g = &w->seg[i];
+        memcpy(xs[i], w->a.h + g->row0 * H, (size_t)g->B * g->Tc * H * sizeof(float));
+        kvs[i]->len += Ts[i];
+    }
     return 0;
 }
 

@@ -128,6 +128,39 @@ int sw_kv_truncate(sw_kv_t *kv, int len);
 int sw_span_forward(const sw_span_t *s, sw_kv_t *kv, const sw_ops_t *ops, float *x, int B, int T);
 /* x stays host memory for a span on a GPU: it is copied in and out; ops may then be NULL. */
 
+/*
+ * Continuous batching: the steps of several caches (sessions) through one span as one pass, the
+ * Linear layers as one matmul over all their rows, attention per cache. Each gets the bits that
+ * sw_span_forward would give it alone where sw_span_batch_ok says so; tests/test-batch.c checks
+ * that with memcmp. A workspace holds the stacked activations for up to max_rows rows (sized once:
+ * rows x (3 H + 2 NH HD + 2 NKV HD + 2 I) floats), so a batched pass allocates nothing.
+ */
+typedef struct sw_fwd_batch sw_fwd_batch_t;
+
+int sw_fwd_batch_create(const sw_model_config_t *c, int max_rows, sw_fwd_batch_t **out);
+void sw_fwd_batch_free(sw_fwd_batch_t *w);
+int sw_fwd_batch_rows(const sw_fwd_batch_t *w);
+
+/*
+ * 1 when steps of B x T rows each, with min_rows <= B x T and T <= max_T, may share one
+ * sw_span_forward_batch pass of `total` rows through span s with ops and each still get the bits
+ * of its own sw_span_forward: the span is on the CPU, max_T fits one pass of sw_span_forward
+ * (64 tokens; longer steps run in chunks alone), and every Linear of every block is batch
+ * invariant between min_rows..total rows and total (ops->matmul_batch_range). 0 otherwise, e.g.
+ * LLM.int8() weights with an outlier threshold, or NF4 mixing 1..4-row and larger steps on AVX2.
+ */
+int sw_span_batch_ok(const sw_span_t *s, const sw_ops_t *ops, int min_rows, int max_T, int total);
+
+/*
+ * Runs Ts[i] new tokens of the kvs[i]->B sequences in xs[i] ((B, T, H), in place) through span s
+ * for i < n, as sw_span_forward does for each: positions continue each cache, keys and values are
+ * appended to it. The caches must be distinct, all made for s; the rows (sum of B x T) must fit
+ * the workspace. Checks everything first: on failure nothing has changed. A span on a GPU runs
+ * the steps one after the other.
+ */
+int sw_span_forward_batch(const sw_span_t *s, sw_kv_t *const *kvs, const sw_ops_t *ops,
+                          float *const *xs, const int *Ts, int n, sw_fwd_batch_t *w);
+
 /* ---- client-side parts: embeddings, final norm, LM head ---- */
 
 typedef struct sw_head sw_head_t;

@@ -11,17 +11,26 @@
  * matmul, y (M, N) = x (M, K) @ W (N, K)^T + bias, the hot op:
  *   - M == 1 on AVX2 (decode, GEMV): bandwidth bound. The pool splits the rows of W into one
  *     contiguous range per thread; each thread streams 4 rows at a time, once, converting bf16 by
- *     a 16-bit shift and f16 with vcvtph2ps right after the load, with 8 accumulators (4 rows x
- *     2 halves of 16 columns) so one load of x serves 4 rows.
+ *     a 16-bit shift and f16 with vcvtph2ps right after the load, with 4 accumulators (one per
+ *     row, see batch invariance below) so one load of x serves 4 rows.
  *   - NF4 with M <= 4 on AVX2: an int8-activation GEMV (see "Quantized weights" below).
  *   - M > 1, or the portable path: a block of NB = 4 rows of W, KC = 512 columns at a time, is
  *     converted once into an fp32 stack tile and used for every row of x by a 3x4 micro-kernel
  *     (3 rows of x, 4 rows of W, 12 accumulators). Partial sums over K chunks go into y.
+ * Batch invariance (ops.h, matmul_batch_range): each row of y is a function of its own row of x
+ * and W only, the same bits whatever M is and whatever the other rows hold, so the server can
+ * stack the decode steps of several sessions into one call. The M == 1 GEMV therefore does the
+ * tile path's arithmetic (per KC chunk one FMA chain per row of W over groups of 8, hsum4, an fmaf
+ * tail, chunk sums added in order) while streaming W without a tile; the NF4 int8 GEMV is
+ * invariant over M = 1..4 (fixed K chunks, one reduction, non-finite rows alone) and the exact
+ * NF4 path over M >= 5, but the two differ; LLM.int8() with a threshold picks its outlier columns
+ * from all rows, so there a row does depend on the others.
  * Weights may be misaligned (safetensors offsets are only 8-aligned, tests use +2 bytes): vector
  * loads are unaligned and scalar loads go through memcpy. Accumulation is fp32 throughout.
  */
 #include "fast.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -275,67 +284,78 @@ SW_AVX2 static void axpy_avx2(float *o, float p, const float *v, size_t n)
 }
 
 /*
- * GEMV of 4 rows of W (byte pointers w0..w3, dtype dt) with x (K): out[r] = w_r . x.
- * Rows may repeat (a partial block passes row 0 again; the repeat hits the cache).
+ * GEMV of R = 4 or 8 rows of W (byte pointers w[r], dtype dt) with x (K): out[r] = w_r . x +
+ * bias[r] (bias NULL: + 0.0f). Rows may repeat (a partial block passes row 0 again; the repeat
+ * hits the cache).
+ *
+ * Batch invariance: this is exactly the arithmetic the tile path (mm_tile_task with micro_avx2)
+ * applies to one row of x, so a row's result does not depend on how many rows the call has (the
+ * server stacks decode steps of different sessions into one matmul and each must get the bits it
+ * would get alone). Per chunk of KC columns: one 8-lane FMA accumulator per row of W over the
+ * chunk's full groups of 8, reduced by hsum4, the chunk's ragged tail added with fmaf; the chunk
+ * sums are added to the result in order, the first one with the bias. Weights are converted to
+ * fp32 on load, exactly as the tile path converts them into its tile. One FMA chain per row, so
+ * two blocks of 4 rows go together where they can: 8 independent chains.
  */
-SW_AVX2 SW_INLINE void gemv4_avx2(float out[4], const float *x, const unsigned char *w0,
-                                  const unsigned char *w1, const unsigned char *w2,
-                                  const unsigned char *w3, size_t K, sw_dtype_t dt)
+SW_AVX2 SW_INLINE void gemv_avx2(float *out, const float *x, const unsigned char *const *w,
+                                 const int R, size_t K, sw_dtype_t dt, const float *bias)
 {
     const size_t es = dt == SW_DTYPE_F32 ? 4 : 2;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    size_t k = 0;
-    __m128 s;
+    float y[2 * NB];
 
-    for (; k + 16 <= K; k += 16) {
-        __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-        size_t o = k * es, o8 = o + 8 * es;
-        a0 = _mm256_fmadd_ps(ld8(w0 + o, dt), x0, a0);
-        b0 = _mm256_fmadd_ps(ld8(w0 + o8, dt), x1, b0);
-        a1 = _mm256_fmadd_ps(ld8(w1 + o, dt), x0, a1);
-        b1 = _mm256_fmadd_ps(ld8(w1 + o8, dt), x1, b1);
-        a2 = _mm256_fmadd_ps(ld8(w2 + o, dt), x0, a2);
-        b2 = _mm256_fmadd_ps(ld8(w2 + o8, dt), x1, b2);
-        a3 = _mm256_fmadd_ps(ld8(w3 + o, dt), x0, a3);
-        b3 = _mm256_fmadd_ps(ld8(w3 + o8, dt), x1, b3);
+    for (size_t kc = 0; kc < K; kc += KC) {
+        size_t kl = min_sz(KC, K - kc), k = 0;
+        __m256 a[2 * NB];
+        float s[2 * NB];
+
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            a[r] = _mm256_setzero_ps();
+        for (; k + 8 <= kl; k += 8) {
+            __m256 xv = _mm256_loadu_ps(x + kc + k);
+            size_t o = (kc + k) * es;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                a[r] = _mm256_fmadd_ps(xv, ld8(w[r] + o, dt), a[r]);
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r += NB)
+            _mm_storeu_ps(s + r, hsum4(a[r], a[r + 1], a[r + 2], a[r + 3]));
+        for (; k < kl; k++)
+            for (int r = 0; r < R; r++)
+                s[r] = fmaf(x[kc + k], ld1(w[r], kc + k, dt), s[r]);
+        for (int r = 0; r < R; r++)
+            y[r] = kc == 0 ? s[r] + (bias ? bias[r] : 0.0f) : y[r] + s[r];
     }
-    if (k + 8 <= K) {
-        __m256 x0 = _mm256_loadu_ps(x + k);
-        size_t o = k * es;
-        a0 = _mm256_fmadd_ps(ld8(w0 + o, dt), x0, a0);
-        a1 = _mm256_fmadd_ps(ld8(w1 + o, dt), x0, a1);
-        a2 = _mm256_fmadd_ps(ld8(w2 + o, dt), x0, a2);
-        a3 = _mm256_fmadd_ps(ld8(w3 + o, dt), x0, a3);
-        k += 8;
-    }
-    s = hsum4(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1), _mm256_add_ps(a2, b2),
-              _mm256_add_ps(a3, b3));
-    _mm_storeu_ps(out, s);
-    for (; k < K; k++) {
-        out[0] += x[k] * ld1(w0, k, dt);
-        out[1] += x[k] * ld1(w1, k, dt);
-        out[2] += x[k] * ld1(w2, k, dt);
-        out[3] += x[k] * ld1(w3, k, dt);
-    }
+    memcpy(out, y, (size_t)R * sizeof(float));
 }
 
-SW_AVX2 static void gemv4_avx2_f32(float out[4], const float *x, const unsigned char *const w[4],
-                                   size_t K)
+/* R = 4 or 8 rows w[0..R) (two blocks of NB at once: 8 independent FMA chains). */
+SW_AVX2 static void gemv_avx2_f32(float *out, const float *x, const unsigned char *const *w,
+                                  int R, size_t K, const float *bias)
 {
-    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_F32);
+    if (R == 2 * NB)
+        gemv_avx2(out, x, w, 2 * NB, K, SW_DTYPE_F32, bias);
+    else
+        gemv_avx2(out, x, w, NB, K, SW_DTYPE_F32, bias);
 }
 
-SW_AVX2 static void gemv4_avx2_f16(float out[4], const float *x, const unsigned char *const w[4],
-                                   size_t K)
+SW_AVX2 static void gemv_avx2_f16(float *out, const float *x, const unsigned char *const *w,
+                                  int R, size_t K, const float *bias)
 {
-    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_F16);
+    if (R == 2 * NB)
+        gemv_avx2(out, x, w, 2 * NB, K, SW_DTYPE_F16, bias);
+    else
+        gemv_avx2(out, x, w, NB, K, SW_DTYPE_F16, bias);
 }
 
-SW_AVX2 static void gemv4_avx2_bf16(float out[4], const float *x, const unsigned char *const w[4],
-                                    size_t K)
+SW_AVX2 static void gemv_avx2_bf16(float *out, const float *x, const unsigned char *const *w,
+                                   int R, size_t K, const float *bias)
 {
-    gemv4_avx2(out, x, w[0], w[1], w[2], w[3], K, SW_DTYPE_BF16);
+    if (R == 2 * NB)
+        gemv_avx2(out, x, w, 2 * NB, K, SW_DTYPE_BF16, bias);
+    else
+        gemv_avx2(out, x, w, NB, K, SW_DTYPE_BF16, bias);
 }
 
 /*
@@ -378,11 +398,11 @@ SW_AVX2 static void micro_avx2(float s[MB][NB], const float *x0, const float *x1
     _mm_storeu_ps(s[1], t);
     t = hsum4(c20, c21, c22, c23);
     _mm_storeu_ps(s[2], t);
-    for (; k < n; k++) {
+    for (; k < n; k++) { /* fmaf: the same rounding as gemv4_avx2's tail, whatever -ffp-contract */
         for (int r = 0; r < NB; r++) {
-            s[0][r] += x0[k] * w[r * ws + k];
-            s[1][r] += x1[k] * w[r * ws + k];
-            s[2][r] += x2[k] * w[r * ws + k];
+            s[0][r] = fmaf(x0[k], w[r * ws + k], s[0][r]);
+            s[1][r] = fmaf(x1[k], w[r * ws + k], s[1][r]);
+            s[2][r] = fmaf(x2[k], w[r * ws + k], s[2][r]);
         }
     }
 }
@@ -427,19 +447,27 @@ static void mm_gemv_task(void *ctx, size_t b, size_t e, int tid)
 {
 #if SW_X86
     const struct mm_ctx *c = ctx;
-    void (*kern)(float *, const float *, const unsigned char *const *, size_t) =
-        c->dt == SW_DTYPE_F32 ? gemv4_avx2_f32 :
-        c->dt == SW_DTYPE_F16 ? gemv4_avx2_f16 : gemv4_avx2_bf16;
+    void (*kern)(float *, const float *, const unsigned char *const *, int, size_t,
+                 const float *) =
+        c->dt == SW_DTYPE_F32 ? gemv_avx2_f32 :
+        c->dt == SW_DTYPE_F16 ? gemv_avx2_f16 : gemv_avx2_bf16;
 
-    for (size_t blk = b; blk < e; blk++) {
-        size_t n0 = blk * NB, nr = min_sz(NB, c->N - n0);
-        const unsigned char *w[NB];
-        float s[NB];
+    for (size_t blk = b; blk < e;) {
+        size_t n0 = blk * NB, nr = min_sz(2 * NB, c->N - n0);
+        int R = e - blk >= 2 && nr == 2 * NB ? 2 * NB : NB; /* two full blocks, or one */
+        const unsigned char *w[2 * NB];
+        float s[2 * NB], bias[2 * NB];
 
-        block_rows(c, n0, nr, w);
-        kern(s, c->x, w, c->K);
+        nr = min_sz(nr, (size_t)R);
+        for (size_t r = 0; r < (size_t)R; r++) { /* missing rows repeat row n0 */
+            w[r] = c->w + (n0 + (r < nr ? r : 0)) * c->rs;
+            if (c->bias)
+                bias[r] = c->bias[n0 + (r < nr ? r : 0)];
+        }
+        kern(s, c->x, w, R, c->K, c->bias ? bias : NULL);
         for (size_t r = 0; r < nr; r++)
-            c->y[n0 + r] = s[r] + (c->bias ? c->bias[n0 + r] : 0.0f);
+            c->y[n0 + r] = s[r];
+        blk += (size_t)R / NB;
     }
 #endif
 }
@@ -541,7 +569,7 @@ static void cpu_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
  *   - M <= 4 on AVX2 with K % blocksize == 0 and blocksize % 64 == 0 (every bnb checkpoint with
  *     the default 64): the int8-activation GEMV of llama.cpp's Q4_0 x Q8_0 (nf4q_* below). The
  *     calling thread quantizes x once per call to int8 with one scale per 64 columns, into a
- *     64 KiB stack buffer (K is walked in chunks when M * K exceeds it); the pool splits the rows
+ *     64 KiB stack buffer (K in chunks of 64 KiB / 4 columns, whatever M); the pool splits the rows
  *     of W. Per 64 weights of a row: one 32-byte load, two vpshufb through a 16-entry int8 table
  *     of the codes (x 127), vpsignb + vpmaddubsw + vpmaddwd against x, and one FMA of the exact
  *     int32 sum by absmax * xscale in fp32. It is not exact: x and the code each round to 1/127
@@ -773,14 +801,20 @@ SW_AVX2 SW_INLINE void nf4q_dot(const struct nf4q_ctx *c, const size_t *row, flo
             }
         }
     }
+    /* hsum4 whatever R: a row's sum must not depend on how many rows of W share the pass (M == 1
+     * runs 4 at a time, M > 1 two), or the rows of a batch would differ from the same rows alone */
 #pragma GCC unroll 4
     for (int m = 0; m < MR; m++) {
+        __m128 t = hsum4(acc[m][0], acc[m][R > 1 ? 1 : 0], acc[m][R > 2 ? 2 : 0],
+                         acc[m][R > 3 ? 3 : 0]);
         if (R == NB) {
-            _mm_storeu_ps(s + m * R, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+            _mm_storeu_ps(s + m * R, t);
         } else {
+            float l[NB];
+            _mm_storeu_ps(l, t);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
-                s[m * R + r] = hsum1(acc[m][r]);
+                s[m * R + r] = l[r];
         }
     }
 }
@@ -912,7 +946,8 @@ SW_AVX2 static int nf4q_matmul(float *y, const float *x, const sw_tensor_t *w, c
                                int M)
 {
     size_t N = (size_t)w->shape[0], K = (size_t)w->shape[1], bs = (size_t)w->qs->blocksize;
-    size_t kmax = NF4Q_XQ_BYTES / (size_t)M / bs * bs; /* >= bs: bs <= 4096, M <= 4 */
+    /* the same K chunks for every M (a chunk's sum is added to y on its own): >= bs, bs <= 4096 */
+    size_t kmax = NF4Q_XQ_BYTES / NF4Q_MAX_M / bs * bs;
     int8_t xq[NF4Q_XQ_BYTES] __attribute__((aligned(32)));
     float fx[NF4Q_XQ_BYTES / 64];
 
@@ -936,8 +971,17 @@ static void nf4_matmul(float *y, const float *x, const sw_tensor_t *w, const flo
     size_t blocks = (N + NB - 1) / NB;
 
 #if SW_X86
-    if (avx2 && M <= NF4Q_MAX_M && bs % 64 == 0 && K % bs == 0 && nf4q_matmul(y, x, w, bias, M) == 0)
-        return;
+    if (avx2 && M <= NF4Q_MAX_M && bs % 64 == 0 && K % bs == 0) {
+        if (nf4q_matmul(y, x, w, bias, M) == 0)
+            return;
+        /* x holds a NaN or an infinity: row by row, so that the finite rows still take the int8
+         * GEMV and get the bits they would get in any other call (batch invariance) */
+        if (M > 1) {
+            for (int m = 0; m < M; m++)
+                nf4_matmul(y + (size_t)m * N, x + (size_t)m * K, w, bias, 1, avx2);
+            return;
+        }
+    }
 #endif
     struct mm_ctx c = { .y = y, .x = x, .w = w->data, .bias = bias, .N = N, .K = K, .M = M,
                         .dt = SW_DTYPE_NF4, .avx2 = avx2, .wt = w, .rs = 0 };
@@ -1363,6 +1407,29 @@ static void cpu_embed(float *y, const sw_tensor_t *table, const int32_t *ids, in
     par_for((size_t)M * c.H, 1024, (size_t)M * c.H / 2, embed_task, &c);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* batch invariance of matmul (see the head of this file)                                      */
+
+static int cpu_matmul_batch_range(const sw_tensor_t *w, int M, int *lo, int *hi)
+{
+    *lo = 1;
+    *hi = INT_MAX;
+    if (w->dtype == SW_DTYPE_I8 && w->qs->threshold > 0.0f) {
+        *lo = *hi = M;
+        return -1;
+    }
+#if SW_X86
+    if (w->dtype == SW_DTYPE_NF4 && use_avx2() && w->qs->blocksize % 64 == 0 &&
+        w->shape[1] % w->qs->blocksize == 0) {
+        if (M <= NF4Q_MAX_M)
+            *hi = NF4Q_MAX_M;
+        else
+            *lo = NF4Q_MAX_M + 1;
+    }
+#endif
+    return 0;
+}
+
 const sw_ops_t sw_ops_cpu = {
     .name = "cpu",
     .matmul = cpu_matmul,
@@ -1372,4 +1439,5 @@ const sw_ops_t sw_ops_cpu = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .embed = cpu_embed,
+    .matmul_batch_range = cpu_matmul_batch_range,
 };

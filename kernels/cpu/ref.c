@@ -2,6 +2,7 @@
  * ref.c - the plain C reference of every op: readable loops, one thread, no intrinsics.
  * Fast versions (cpu/fast.c, cuda/) are tested against these; keep them obviously correct.
  */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -204,6 +205,18 @@ size_t sw_attention_scratch_floats(int max_T)
     return row * (size_t)sw_pool_threads(sw_pool_global());
 }
 
+/* Every row is computed on its own, except LLM.int8()'s outlier columns (taken over all rows). */
+static int ref_matmul_batch_range(const sw_tensor_t *w, int M, int *lo, int *hi)
+{
+    if (w->dtype == SW_DTYPE_I8 && w->qs->threshold > 0.0f) {
+        *lo = *hi = M;
+        return -1;
+    }
+    *lo = 1;
+    *hi = INT_MAX;
+    return 0;
+}
+
 const sw_ops_t sw_ops_ref = {
     .name = "reference",
     .matmul = ref_matmul,
@@ -213,4 +226,5 @@ const sw_ops_t sw_ops_ref = {
     .swiglu = ref_swiglu,
     .add = ref_add,
     .embed = ref_embed,
+    .matmul_batch_range = ref_matmul_batch_range,
 };
