@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "kernels/device.h"
 #include "pipeline/weights.h"
+#include "pipeline/chat.h"
 #include "pipeline/sampling.h"
 #include "pipeline/swarm_client.h"
 #include "pipeline/tokenizer.h"
@@ -35,7 +36,7 @@ typedef struct {
     const char *stops[SW_STOP_MAX_STRINGS];
     int n_stops;
     const char *template_name;
-    const char *system;
+    const char *system;       /* chat: --system */
 } gen_opts_t;
 
 #define COMMON_OPTIONS                                                  \
@@ -292,6 +293,7 @@ typedef struct {
     sw_detok_t *detok;
     sw_stop_t *stop;
     int first, reason, err;
+    int32_t *last; /* may be NULL: gets the last id */
 } stream_t;
 
 static int on_token(void *arg, int32_t id)
@@ -301,6 +303,8 @@ static int on_token(void *arg, int32_t id)
     size_t plen = 0, slen = 0;
     int r;
 
+    if (st->last)
+        *st->last = id;
     if (!st->detok) {
         printf(st->first ? "%d" : ",%d", id);
         st->first = 0;
@@ -503,6 +507,187 @@ out:
     sw_stop_free(st.stop);
     sw_tokenizer_free(tok);
     sw_free(ids);
+    sw_free(g.peers_buf);
+    return rc;
+}
+
+/* ======================================================================== chat */
+
+static void chat_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: swarmd chat --model DIR (--initial-peers ADDR,... | --local) [options]\n"
+            "\n"
+            "An interactive chat: each line read from stdin is a user turn; the reply streams to\n"
+            "stdout, followed by an empty line. The inference session stays open across turns, so\n"
+            "each turn sends only its new tokens to the servers. The prompt is written with the\n"
+            "model's chat template (tokenizer_config.json) or --chat-template. End with EOF (Ctrl-D).\n"
+            "\n"
+            "  --system TEXT           a system message before the first turn\n"
+            "  --no-think              Qwen3 templates: answer without a reasoning block\n"
+            COMMON_HELP
+            "Chat templates: " SW_CHAT_TEMPLATE_NAMES ".\n");
+}
+
+/* One user turn: renders it (the first turn with the system message, later ones after the
+ * previous reply), generates the reply and prints it. *eot_fed says whether the last reply ended
+ * with the end-of-turn token (which the session then holds). */
+static int chat_turn(swarm_session_t *s, const sw_chat_template_t *t, const sw_tokenizer_t *tok,
+                     const gen_opts_t *g, const swarm_sampling_t *samp, const int32_t *eos, int n_eos,
+                     int32_t eot, stream_t *st, const char *line, int first, unsigned think_flag,
+                     int *eot_fed)
+{
+    sw_chat_msg_t msgs[2];
+    size_t n = 0, len = 0, nids = 0;
+    char *text = NULL;
+    int32_t *ids = NULL, last = -1;
+    int r, n_out = 0;
+    unsigned flags = SW_CHAT_ADD_GENERATION_PROMPT | think_flag;
+
+    if (first && g->system)
+        msgs[n++] = (sw_chat_msg_t){ "system", g->system };
+    msgs[n++] = (sw_chat_msg_t){ "user", line };
+    if (first)
+        r = sw_chat_render(t, msgs, n, flags, &text, &len);
+    else
+        r = sw_chat_render_next(t, msgs, n, flags | (*eot_fed ? SW_CHAT_EOT_IN_CONTEXT : 0), &text, &len);
+    if (r < 0)
+        return r;
+    r = sw_tokenizer_encode_alloc(tok, text, len, 0, &ids, &nids);
+    sw_free(text);
+    if (r < 0)
+        return r;
+    sw_detok_reset(st->detok);
+    sw_stop_reset(st->stop);
+    st->reason = SW_STOP_NONE;
+    st->last = &last;
+    r = swarm_session_generate(s, ids, (int)nids, g->max_new, samp, eos, n_eos, on_token, st, &n_out);
+    sw_free(ids);
+    stream_finish(st);
+    printf("\n\n");
+    fflush(stdout);
+    *eot_fed = last == eot;
+    return r < 0 ? r : st->err;
+}
+
+int sw_cmd_chat(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        COMMON_OPTIONS,
+        { "system", required_argument, NULL, 'y' },
+        { "no-think", no_argument, NULL, 'N' },
+        { NULL, 0, NULL, 0 },
+    };
+    gen_opts_t g;
+    int c, r, rc = 1, first = 1, eot_fed = 0, n_eos;
+    unsigned think_flag = 0;
+    swarm_client_t *cl = NULL;
+    swarm_session_t *s = NULL;
+    sw_tokenizer_t *tok = NULL;
+    sw_generation_config_t gc;
+    sw_chat_template_t t;
+    swarm_sampling_t samp;
+    stream_t st = { 0 };
+    int32_t eos[SW_GEN_MAX_EOS + 2], eot, tok_eos;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+
+    memset(&g, 0, sizeof(g));
+    g.cmd = "chat";
+    g.max_new = 512;
+    st.g = &g;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            chat_usage(stdout);
+            return 0;
+        }
+        if (c == 'y') {
+            g.system = optarg;
+            continue;
+        }
+        if (c == 'N') {
+            think_flag = SW_CHAT_NO_THINKING;
+            continue;
+        }
+        if ((r = common_option(&g, c, optarg)) == 0)
+            continue;
+        if (r == 1)
+            chat_usage(stderr);
+        return 2;
+    }
+    if (optind != argc) {
+        fprintf(stderr, "swarmd chat: unexpected argument '%s'; the turns come from stdin\n", argv[optind]);
+        return 2;
+    }
+    if ((r = finish_options(&g)) != 0)
+        goto out_usage;
+    if ((r = load_tokenizer(&g, 1, &tok)) != 0)
+        goto out_usage;
+    r = g.template_name && strcmp(g.template_name, "auto") != 0
+            ? sw_chat_template_by_name(g.template_name, &t)
+            : sw_chat_template_load(g.tokenizer_path ? g.tokenizer_path : g.co.model_dir, &t);
+    if (r < 0) {
+        fprintf(stderr, "swarmd chat: %s\n", sw_err_detail());
+        rc = 1;
+        goto out;
+    }
+    if ((eot = sw_tokenizer_token_id(tok, sw_chat_end_of_turn(&t))) < 0) {
+        fprintf(stderr, "swarmd chat: the tokenizer has no '%s' token, which ends the %s template's "
+                        "turns; choose another with --chat-template\n", sw_chat_end_of_turn(&t), t.name);
+        goto out;
+    }
+    if (g.co.max_length == 0)
+        g.co.max_length = 2048;
+    if ((r = swarm_client_open(&g.co, &cl)) < 0) {
+        fprintf(stderr, "swarmd chat: %s\n", swarm_client_error());
+        goto out;
+    }
+    if ((r = sw_generation_config_load(g.co.model_dir, swarm_client_vocab_size(cl), &gc)) < 0) {
+        fprintf(stderr, "swarmd chat: %s\n", sw_err_detail());
+        goto out;
+    }
+    sampling_of(&g, &gc, &samp);
+    n_eos = gc.n_eos;
+    memcpy(eos, gc.eos, (size_t)n_eos * sizeof(int32_t));
+    eos[n_eos++] = eot;
+    if ((tok_eos = sw_tokenizer_eos(tok)) >= 0)
+        eos[n_eos++] = tok_eos;
+    if ((r = sw_detok_new(tok, SW_DETOK_SKIP_SPECIAL, &st.detok)) < 0 ||
+        (r = sw_stop_new(eos, (size_t)n_eos, g.stops, (size_t)g.n_stops, 0, &st.stop)) < 0) {
+        fprintf(stderr, "swarmd chat: %s\n", sw_err_detail());
+        goto out;
+    }
+    if ((r = swarm_session_open(cl, g.co.max_length, &s)) < 0) {
+        fprintf(stderr, "swarmd chat: %s\n", swarm_client_error());
+        goto out;
+    }
+    if (isatty(0))
+        fprintf(stderr, "swarmd chat: %s template, %d positions; type a message, Ctrl-D to end\n",
+                t.name, g.co.max_length);
+    while ((got = getline(&line, &cap, stdin)) >= 0) {
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = '\0';
+        if (got == 0)
+            continue;
+        if ((r = chat_turn(s, &t, tok, &g, &samp, eos, n_eos, eot, &st, line, first, think_flag,
+                           &eot_fed)) < 0) {
+            fprintf(stderr, "swarmd chat: %s\n", swarm_client_error());
+            goto out;
+        }
+        first = 0;
+    }
+    rc = 0;
+    goto out;
+out_usage:
+    rc = r == 2 ? 2 : 1;
+out:
+    free(line);
+    swarm_session_close(s);
+    swarm_client_close(cl);
+    sw_detok_free(st.detok);
+    sw_stop_free(st.stop);
+    sw_tokenizer_free(tok);
     sw_free(g.peers_buf);
     return rc;
 }

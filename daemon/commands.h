@@ -10,6 +10,7 @@
 
 int sw_cmd_eval(int argc, char **argv);
 int sw_cmd_generate(int argc, char **argv);
+int sw_cmd_chat(int argc, char **argv);
 int sw_cmd_inspect(int argc, char **argv);
 int sw_cmd_quantize(int argc, char **argv);
 int sw_cmd_tokenize(int argc, char **argv);
