@@ -102,6 +102,9 @@ static void serve_usage(FILE *f)
             "                           0..2*S (default 60)\n"
             "  --move-grace S           after a move, seconds the old span's open sessions may go\n"
             "                           on before they are ended (default 60)\n"
+            "  --move-mode M            auto: load the new span before dropping the old when free\n"
+            "                           memory allows (default); online: always; offline: always\n"
+            "                           drop the old span first\n"
             "  --throughput auto|eval|N tokens/s to announce: auto measures once per device, model\n"
             "                           and format and caches it (default), eval re-measures, N\n"
             "                           announces N without measuring\n"
@@ -156,6 +159,12 @@ struct swarm_read {
 
 static void read_next(swarm_read_t *r);
 
+/* Petals' order of states (OFFLINE < JOINING < ONLINE); the wire enum has OFFLINE = 3. */
+static int state_rank(int st)
+{
+    return st == SWARMD__SERVER_INFO__STATE__ONLINE ? 2 : st == SWARMD__SERVER_INFO__STATE__JOINING ? 1 : 0;
+}
+
 static void read_on_get(int status, const sw_dht_record_t *recs, size_t n, const sw_dht_lookup_info_t *info,
                         void *arg)
 {
@@ -178,7 +187,7 @@ static void read_on_get(int status, const sw_dht_record_t *recs, size_t n, const
         for (k = 0; k < r->nspans; k++)
             if (memcmp(r->spans[k].peer, recs[i].subkey + 5, SW_PEER_ID_LEN) == 0)
                 break;
-        if (k < READ_MAX_PEERS && (k == r->nspans || (int)m->state > r->state[k]) &&
+        if (k < READ_MAX_PEERS && (k == r->nspans || state_rank((int)m->state) > state_rank(r->state[k])) &&
             m->start_block < m->end_block && m->end_block <= (uint32_t)r->nblocks &&
             isfinite(m->throughput) && m->throughput >= 0 && m->throughput < 1e12) {
             memcpy(r->spans[k].peer, recs[i].subkey + 5, SW_PEER_ID_LEN);
@@ -277,6 +286,7 @@ typedef struct {
     uv_work_t work;
     int working;
     uint64_t block_cost;       /* bytes per block: weights + attention cache (block_cost()) */
+    int move_mode;             /* --move-mode: 0 auto (by free memory), 1 online, 2 offline */
     int port;
     char listen_host[sizeof(((sw_addr_t *)0)->host)];
 } serve_t;
@@ -801,11 +811,12 @@ static void move_begin(serve_t *v, int new_start)
         r = sw_mem_available(&avail);
     }
     need = (uint64_t)n * v->block_cost + margin_of(avail);
-    v->move_online = r == 0 && v->block_cost > 0 && avail >= need;
+    v->move_online = v->move_mode ? v->move_mode == 1 : r == 0 && v->block_cost > 0 && avail >= need;
     SW_LOG_I("serve", "moving blocks %d:%d -> %d:%d: %s (%.1f MiB free, %.1f MiB for the new span "
              "and the margin)", v->start, v->end, v->so.start, v->so.end,
-             v->move_online ? "loading the new span first" : "not enough memory for both spans: "
-             "offline, then load", (double)avail / 1048576.0, (double)need / 1048576.0);
+             v->move_online ? "loading the new span first" : v->move_mode ? "--move-mode offline: "
+             "offline, then load" : "not enough memory for both spans: offline, then load",
+             (double)avail / 1048576.0, (double)need / 1048576.0);
     if (v->move_online) {
         v->move = MOVE_LOADING;
         if ((r = start_load(v)) < 0)
@@ -1306,6 +1317,7 @@ int sw_cmd_serve(int argc, char **argv)
         { "balance-quality", required_argument, NULL, 'B' },
         { "rebalance-period", required_argument, NULL, 'R' },
         { "move-grace", required_argument, NULL, 'G' },
+        { "move-mode", required_argument, NULL, 'O' },
         { "refresh", required_argument, NULL, 'F' },
         { "expiry", required_argument, NULL, 'E' },
         { "config", required_argument, NULL, 'C' },
@@ -1435,6 +1447,18 @@ int sw_cmd_serve(int argc, char **argv)
             if (parse_seconds("--move-grace", optarg, 0, 86400, &secs) < 0)
                 goto out_free;
             v->move_grace_ms = (uint32_t)(secs * 1000);
+            break;
+        case 'O':
+            if (strcmp(optarg, "auto") == 0) {
+                v->move_mode = 0;
+            } else if (strcmp(optarg, "online") == 0) {
+                v->move_mode = 1;
+            } else if (strcmp(optarg, "offline") == 0) {
+                v->move_mode = 2;
+            } else {
+                fprintf(stderr, "swarmd serve: --move-mode wants auto, online or offline, not '%s'\n", optarg);
+                goto out_free;
+            }
             break;
         case 'F':
             if (parse_seconds("--refresh", optarg, 0.1, 86400, &secs) < 0)

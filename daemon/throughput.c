@@ -156,7 +156,7 @@ static int write_cache(const char *dir, json_t *root)
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         r = sw_err(-errno, "%s: cannot create: %s", tmp, strerror(errno));
-        free(text);
+        sw_free(text); /* jansson allocates through the seam (util/file.c) */
         return r;
     }
     while (off < len) {
@@ -169,7 +169,7 @@ static int write_cache(const char *dir, json_t *root)
         }
         off += (size_t)n;
     }
-    free(text);
+    sw_free(text);
     if (close(fd) < 0 && r == 0)
         r = sw_err(-errno, "%s: close failed: %s", tmp, strerror(errno));
     if (r == 0 && rename(tmp, path) < 0)
@@ -266,13 +266,33 @@ out_err:
     return r;
 }
 
+/* Reads up to cap - 1 bytes of a /proc file (whose size says 0) into buf, NUL-terminated. */
+static int read_proc(const char *path, char *buf, size_t cap)
+{
+    size_t len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return sw_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    while (len + 1 < cap) {
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    return 0;
+}
+
 void sw_cpu_label(int threads, char *buf, size_t cap)
 {
-    char *text = NULL, name[128] = "";
-    size_t len = 0;
+    char text[16384], name[128] = "";
     long n = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
 
-    if (sw_file_read("/proc/cpuinfo", 4u << 20, &text, &len) == 0) {
+    if (read_proc("/proc/cpuinfo", text, sizeof(text)) == 0) {
         const char *p = strstr(text, "model name");
         if (p && (p = strchr(p, ':'))) {
             size_t k = 0;
@@ -284,7 +304,6 @@ void sw_cpu_label(int threads, char *buf, size_t cap)
             name[k] = '\0';
         }
     }
-    sw_free(text);
     for (char *q = name; *q; q++)
         if (*q == '|' || *q == '"' || (unsigned char)*q < 0x20)
             *q = ' ';
@@ -296,20 +315,16 @@ void sw_cpu_label(int threads, char *buf, size_t cap)
 
 int sw_mem_available(uint64_t *out)
 {
-    char *text = NULL;
-    size_t len = 0;
+    char text[8192];
     const char *p;
     unsigned long long kb;
     int r;
 
-    if ((r = sw_file_read("/proc/meminfo", 1u << 20, &text, &len)) < 0)
+    if ((r = read_proc("/proc/meminfo", text, sizeof(text))) < 0)
         return r;
     p = strstr(text, "MemAvailable:");
-    if (!p || sscanf(p + 13, "%llu", &kb) != 1) {
-        sw_free(text);
+    if (!p || sscanf(p + 13, "%llu", &kb) != 1)
         return sw_err(-ENOENT, "/proc/meminfo has no MemAvailable line");
-    }
-    sw_free(text);
     *out = (uint64_t)kb * 1024;
     return 0;
 }
