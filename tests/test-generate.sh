@@ -9,6 +9,7 @@
 #      a 48-token generation: the client
 #      replays its inputs to the two servers of 2:3 and 3:4 (the span split across two) and the ids
 #      equal --local's. A second generation routes around the dead server from the start.
+#      Then a server stopped with SIGSTOP mid-generation: the step timeout replaces it the same way.
 #   3. Internet conditions: every server behind the link emulator at 100 ms RTT and 100 Mbit/s:
 #      same ids.
 #   4. Total loss: the only server of 0:2 SIGKILLed: a clear error naming blocks 0:2, within the
@@ -176,6 +177,22 @@ if grep -q 'blocks 2:4 now go 2:3 via .*(b).*, 3:4 via .*(c).*; replaying [1-9][
   ok "the replacement split 2:4 across b and c, with a replay"; else bad "the replacement split 2:4 across b and c"; fi
 if gen "$tmp/gen5" --max-new-tokens 16 --compress none --show-route && cmp -s "$tmp/gen5" "$tmp/local16"; then
   ok "a new session avoids the dead server"; else bad "a new session avoids the dead server"; fi
+
+# a stalled server (SIGSTOP): the step times out and the same replacement happens
+start_server g 2:4 --listen 127.0.0.1:0
+serving g || bad "g serving"
+poll 30 online 2:4 g || bad "g online"
+gen "$tmp/gen4b" --max-new-tokens 48 --compress none --show-route --step-timeout 1 &
+genpid=$!
+poll 30 bash -c "[ \$(tr ',' '\n' <'$tmp/gen4b' | grep -c '[0-9]') -ge 5 ]" || bad "generation through g is under way"
+# shellcheck disable=SC2154
+kill -STOP "$pid_g"
+rc=0
+wait "$genpid" || rc=$?
+kill -KILL "$pid_g"
+if grep -q 'route: 0:2 via .*(a).*, 2:4 via .*(g)' "$tmp/gen4b.err" && grep -q '(g).*failed at position [0-9]*: .*no answer within 1000 ms' "$tmp/gen4b.err" &&
+   [ "$rc" -eq 0 ] && cmp -s "$tmp/gen4b" "$tmp/local48"; then
+  ok "a stalled server times out and is replaced; ids == --local ids"; else echo "    rc $rc"; bad "a stalled server times out and is replaced"; fi
 
 # ---- 3. internet conditions: 100 ms RTT, 100 Mbit/s to every server
 for n in e f; do port=$(free_port); proxy "$n" 50 100 || bad "link emulator for $n"; eval "port_$n=$port proxy_$n=$proxy_port"; done
