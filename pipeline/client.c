@@ -125,7 +125,7 @@ static void event(swarm_client_t *c, int kind, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    if (kind == SWARM_EVENT_FAILOVER)
+    if (kind == SWARM_EVENT_FAILOVER || kind == SWARM_EVENT_WARNING)
         SW_LOG_W("client", "%s", line);
     else
         SW_LOG_I("client", "%s", line);
@@ -253,8 +253,8 @@ static int read_swarm(swarm_client_t *c)
     {
         int bad = -1, n = sw_route_check_digests(&c->table, &bad);
         if (n > 0)
-            event(c, SWARM_EVENT_INFO, "%d server(s) skipped: their weights for block %d differ "
-                  "from the other servers'", n, bad);
+            event(c, SWARM_EVENT_WARNING, "%d server(s) skipped: their weights for block %d differ "
+                  "from the other servers' (another checkpoint or --quant)", n, bad);
     }
     return 0;
 }

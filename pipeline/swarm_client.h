@@ -42,6 +42,7 @@ enum {
     SWARM_EVENT_FAILOVER = 2, /* a server failed and what the client does about it */
     SWARM_EVENT_INFO = 3,     /* joining the DHT, reading the swarm */
     SWARM_EVENT_PROGRESS = 4, /* local mode: a block quantized while loading */
+    SWARM_EVENT_WARNING = 5,  /* servers skipped (weights that differ from the others') */
 };
 
 typedef struct {

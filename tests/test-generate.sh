@@ -8,7 +8,8 @@
 #      behind the link emulator: 20, 10 and 10 ms each way); it is SIGKILLed after a few tokens of
 #      a 48-token generation: the client
 #      replays its inputs to the two servers of 2:3 and 3:4 (the span split across two) and the ids
-#      equal --local's. A second generation routes around the dead server from the start.
+#      equal --local's. A second generation routes around the dead server from the start. A server
+#      with other weights for 2:4 (NF4: its digests differ from the others') is never used.
 #      Then a server stopped with SIGSTOP mid-generation: the step timeout replaces it the same way.
 #   3. Internet conditions: every server behind the link emulator at 100 ms RTT and 100 Mbit/s:
 #      same ids.
@@ -160,8 +161,12 @@ if printf 'Hello\nAnd a second turn\n' | "$SWARMD" chat --model "$chat" --model-
 
 # ---- 2. failover: d (2:4, no emulator) is the best route for 2:4 until killed
 start_server d 2:4 --listen 127.0.0.1:0
+# x serves 2:4 with other weights (NF4): its digests disagree with b's, c's and d's, so no client
+# may route through it
+start_server x 2:4 --listen 127.0.0.1:0 --quant nf4
 serving d || bad "d serving"
-if poll 30 online 2:4 d; then ok "d online"; else bad "d online"; fi
+serving x || bad "x serving"
+if poll 30 online 2:4 d && poll 30 online 2:4 x; then ok "d and x online"; else bad "d and x online"; fi
 gen "$tmp/gen4" --max-new-tokens 48 --compress none --show-route &
 genpid=$!
 if poll 30 bash -c "[ \$(tr ',' '\n' <'$tmp/gen4' | grep -c '[0-9]') -ge 5 ]"; then
@@ -177,6 +182,8 @@ if grep -q 'blocks 2:4 now go 2:3 via .*(b).*, 3:4 via .*(c).*; replaying [1-9][
   ok "the replacement split 2:4 across b and c, with a replay"; else bad "the replacement split 2:4 across b and c"; fi
 if gen "$tmp/gen5" --max-new-tokens 16 --compress none --show-route && cmp -s "$tmp/gen5" "$tmp/local16"; then
   ok "a new session avoids the dead server"; else bad "a new session avoids the dead server"; fi
+if grep -q 'server(s) skipped: their weights for block [23] differ' "$tmp/gen5.err" && ! grep -q '(x)' "$tmp"/gen*.err; then
+  ok "x (other weights) skipped by every client"; else bad "x (other weights) skipped by every client"; fi
 
 # a stalled server (SIGSTOP): the step times out and the same replacement happens
 start_server g 2:4 --listen 127.0.0.1:0
