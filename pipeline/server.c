@@ -108,6 +108,15 @@ struct sw_server {
     int jobs_out;             /* jobs with the executor (loop's count) */
     uv_async_t async;
     sw_codec_ctx_t *codec;    /* executor thread's */
+    /* continuous batching: the executor thread's, sized at load; none for spans on a GPU */
+    sw_fwd_batch_t *batch_ws; /* NULL: every step runs alone */
+    job_t **batch, **run;     /* batch_rows each: the group taken, the members that run */
+    sw_kv_t **batch_kv;
+    float **batch_x;
+    int *batch_T;
+    int batch_rows;           /* rows of one pass: min(--max-batch-tokens, SW_SERVER_BATCH_ROWS) */
+    int paused;               /* sw_server_pause: the executor starts no job (under mu) */
+    sw_server_stats_t stats;  /* under mu */
     /* shutdown */
     int n_forward;            /* forward calls not yet freed */
     int draining, drain_fired, drain_finished;
@@ -230,7 +239,8 @@ out:
     return r;
 }
 
-static int exec_step(sw_server_t *s, job_t *j)
+/* A step's cache (created at its first step), input and rollback: what precedes its pass. */
+static int step_prepare(sw_server_t *s, job_t *j)
 {
     session_t *ss = j->sess;
     int nb = ss->b - ss->a, r = 0;
@@ -252,28 +262,161 @@ static int exec_step(sw_server_t *s, job_t *j)
         for (int i = 0; i < nb; i++)
             if ((r = sw_kv_truncate(ss->kv[i], j->rollback)) < 0)
                 return r;
-    if (j->T > 0) {
-        for (int i = 0; i < nb; i++)
-            if ((r = sw_span_forward(s->spans[ss->a - s->start + i], ss->kv[i], s->ops, ss->x,
-                                     ss->B, j->T)) < 0)
-                return r;
-        if ((r = encode_out(s, j, ss->x, ss->out, ss->out_cap)) < 0)
-            return r;
-    }
+    return 0;
+}
+
+/* What follows a step's pass: its reply's hidden states and the session's new length. */
+static int step_output(sw_server_t *s, job_t *j)
+{
+    session_t *ss = j->sess;
+    int r;
+
+    if (j->T > 0 && (r = encode_out(s, j, ss->x, ss->out, ss->out_cap)) < 0)
+        return r;
     j->position = sw_kv_len(ss->kv[0]);
     return 0;
 }
 
-/* The executor: takes the first job of the queue, runs it, hands it back to the loop. */
+/* A prepared step's pass alone through its blocks. */
+static int step_pass(sw_server_t *s, job_t *j)
+{
+    session_t *ss = j->sess;
+    int r;
+
+    for (int i = 0; i < ss->b - ss->a && j->T > 0; i++)
+        if ((r = sw_span_forward(s->spans[ss->a - s->start + i], ss->kv[i], s->ops, ss->x,
+                                 ss->B, j->T)) < 0)
+            return r;
+    return 0;
+}
+
+static int exec_step(sw_server_t *s, job_t *j)
+{
+    int r;
+
+    if ((r = step_prepare(s, j)) < 0 || (r = step_pass(s, j)) < 0)
+        return r;
+    return step_output(s, j);
+}
+
+/* A failed job keeps the reason for its reply (the detail is this thread's, so copy it now). */
+static void job_failed(job_t *j, int status)
+{
+    const char *d = sw_err_detail();
+
+    j->status = status;
+    snprintf(j->error, sizeof(j->error), "%s", d[0] ? d : sw_strerror(status));
+}
+
+/* 1 when steps of min_rows..total rows, T <= max_T, may share one pass of total rows through
+ * every block of [a, b) and each still get the bits of its pass alone (sw_span_batch_ok). */
+static int batch_ok(const sw_server_t *s, int a, int b, int min_rows, int max_T, int total)
+{
+    for (int i = a; i < b; i++)
+        if (!sw_span_batch_ok(s->spans[i - s->start], s->ops, min_rows, max_T, total))
+            return 0;
+    return 1;
+}
+
+/*
+ * Continuous batching, with s->mu held, after step j was taken from the queue: takes the other
+ * queued steps that may share j's pass - the same blocks [a, b), T > 0, the rows (B x T) of all
+ * within batch_rows, and the group batch invariant (batch_ok) - in queue order, so fewest rows
+ * first. s->batch[0..n) gets the group, j first; returns n (1: j runs alone).
+ */
+static int gather_steps(sw_server_t *s, job_t *j)
+{
+    const session_t *ss = j->sess;
+    int n = 1, rows = j->B * j->T, min_rows = rows, max_T = j->T;
+
+    if (!s->batch_ws || j->T < 1 || rows > s->batch_rows ||
+        !batch_ok(s, ss->a, ss->b, rows, max_T, rows))
+        return 1;
+    s->batch[0] = j;
+    for (job_t **p = &s->queue; *p && n < s->batch_rows && rows < s->batch_rows;) {
+        job_t *q = *p;
+        int qr = q->B * q->T, mr = qr < min_rows ? qr : min_rows;
+        int mt = q->T > max_T ? q->T : max_T;
+
+        if (q->kind != JOB_STEP) /* steps come first in the queue */
+            break;
+        if (q->sess->a == ss->a && q->sess->b == ss->b && q->T > 0 &&
+            rows + qr <= s->batch_rows && batch_ok(s, ss->a, ss->b, mr, mt, rows + qr)) {
+            *p = q->next;
+            s->batch[n++] = q;
+            rows += qr;
+            min_rows = mr;
+            max_T = mt;
+            continue;
+        }
+        p = &q->next;
+    }
+    return n;
+}
+
+/*
+ * Runs the steps s->batch[0..n) (same blocks [a, b)) in one pass per block: each is prepared on
+ * its own (a failure there fails only that step), then sw_span_forward_batch carries all that
+ * are left, and each reply is encoded. Returns how many shared the pass.
+ */
+static int exec_steps(sw_server_t *s, int n)
+{
+    const session_t *s0 = s->batch[0]->sess;
+    int m = 0, r = 0, rows = 0;
+
+    for (int k = 0; k < n; k++) {
+        job_t *j = s->batch[k];
+        sw_err_clear();
+        if ((r = step_prepare(s, j)) < 0)
+            job_failed(j, r);
+        else
+            s->run[m++] = j;
+    }
+    if (m == 1) { /* the others failed: the pass alone */
+        sw_err_clear();
+        if ((r = step_pass(s, s->run[0])) < 0 || (r = step_output(s, s->run[0])) < 0)
+            job_failed(s->run[0], r);
+    }
+    if (m <= 1)
+        return m;
+    r = 0;
+    for (int i = s0->a; i < s0->b && r == 0; i++) {
+        for (int k = 0; k < m; k++) {
+            s->batch_kv[k] = s->run[k]->sess->kv[i - s0->a];
+            s->batch_x[k] = s->run[k]->sess->x;
+            s->batch_T[k] = s->run[k]->T;
+        }
+        sw_err_clear();
+        r = sw_span_forward_batch(s->spans[i - s->start], s->batch_kv, s->ops, s->batch_x,
+                                  s->batch_T, m, s->batch_ws);
+    }
+    for (int k = 0; k < m; k++) {
+        job_t *j = s->run[k];
+        rows += j->B * j->T;
+        if (r < 0)
+            job_failed(j, r);
+        else if ((j->status = step_output(s, j)) < 0)
+            job_failed(j, j->status);
+    }
+    SW_LOG_D("serve", "one pass through blocks %d:%d carried %d sessions' steps (%d rows)",
+             s0->a, s0->b, m, rows);
+    return m;
+}
+
+/*
+ * The executor: takes the first job of the queue (with the steps that can share its pass, see
+ * gather_steps), runs it, hands it back to the loop.
+ */
 static void *executor_main(void *arg)
 {
     sw_server_t *s = arg;
 
     for (;;) {
         job_t *j;
+        int n = 1, shared = 0;
 
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !s->queue)
+        while (!s->stop && (!s->queue || s->paused))
             pthread_cond_wait(&s->cv, &s->mu);
         if (s->stop) {
             pthread_mutex_unlock(&s->mu);
@@ -281,20 +424,37 @@ static void *executor_main(void *arg)
         }
         j = s->queue;
         s->queue = j->next;
+        if (j->kind == JOB_STEP)
+            n = gather_steps(s, j);
         pthread_mutex_unlock(&s->mu);
 
-        sw_err_clear();
-        j->status = j->kind == JOB_STEP ? exec_step(s, j)
-                    : j->backward       ? exec_backward(s, j)
-                                        : exec_forward(s, j);
-        if (j->status < 0) {
-            const char *d = sw_err_detail();
-            snprintf(j->error, sizeof(j->error), "%s", d[0] ? d : sw_strerror(j->status));
+        if (n > 1) {
+            shared = exec_steps(s, n); /* sets each member's status */
+        } else {
+            int r;
+            sw_err_clear();
+            r = j->kind == JOB_STEP ? exec_step(s, j)
+                : j->backward       ? exec_backward(s, j)
+                                    : exec_forward(s, j);
+            j->status = 0;
+            if (r < 0)
+                job_failed(j, r);
         }
 
         pthread_mutex_lock(&s->mu);
-        j->next = s->done;
-        s->done = j;
+        for (int k = 0; k < n; k++) {
+            job_t *d = n > 1 ? s->batch[k] : j;
+            d->next = s->done;
+            s->done = d;
+        }
+        if (j->kind == JOB_STEP)
+            s->stats.steps += (uint64_t)n;
+        if (shared > 1) {
+            s->stats.batched_passes++;
+            s->stats.batched_steps += (uint64_t)shared;
+            if ((uint32_t)shared > s->stats.max_batch)
+                s->stats.max_batch = (uint32_t)shared;
+        }
         pthread_mutex_unlock(&s->mu);
         uv_async_send(&s->async);
     }
@@ -969,6 +1129,12 @@ static void srv_free_all(sw_server_t *s)
     sw_free(s->digest_pb);
     sw_model_close(s->model);
     sw_codec_ctx_free(s->codec);
+    sw_fwd_batch_free(s->batch_ws);
+    sw_free(s->batch);
+    sw_free(s->run);
+    sw_free(s->batch_kv);
+    sw_free(s->batch_x);
+    sw_free(s->batch_T);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     sw_free(s);
@@ -1042,6 +1208,23 @@ int sw_server_load(const sw_server_opts_t *o, sw_server_t **out)
             goto err;
     }
     s->format = dtype_format(sw_span_weight_dtype(s->spans[0]));
+    if (!s->cuda) { /* continuous batching on the CPU: sized once, here */
+        size_t nr;
+        s->batch_rows = s->max_batch < SW_SERVER_BATCH_ROWS ? (int)s->max_batch
+                                                           : SW_SERVER_BATCH_ROWS;
+        nr = (size_t)s->batch_rows;
+        if ((r = sw_fwd_batch_create(s->cfg, s->batch_rows, &s->batch_ws)) < 0)
+            goto err;
+        s->batch = sw_calloc(nr, sizeof(*s->batch));
+        s->run = sw_calloc(nr, sizeof(*s->run));
+        s->batch_kv = sw_calloc(nr, sizeof(*s->batch_kv));
+        s->batch_x = sw_calloc(nr, sizeof(*s->batch_x));
+        s->batch_T = sw_calloc(nr, sizeof(*s->batch_T));
+        if (!s->batch || !s->run || !s->batch_kv || !s->batch_x || !s->batch_T) {
+            r = sw_err(-ENOMEM, "no memory for the batching tables");
+            goto err;
+        }
+    }
     if (o->load.quant == SW_QUANT_AUTO)
         s->quant = "as stored";
     if ((r = sw_codec_ctx_new(&s->codec)) < 0)
@@ -1183,6 +1366,25 @@ out:
 int sw_server_hidden_size(const sw_server_t *s)
 {
     return s->H;
+}
+
+void sw_server_stats(sw_server_t *s, sw_server_stats_t *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->stats;
+    out->queued = 0;
+    for (const job_t *j = s->queue; j; j = j->next)
+        out->queued++;
+    pthread_mutex_unlock(&s->mu);
+    out->batch_rows = (uint32_t)s->batch_rows;
+}
+
+void sw_server_pause(sw_server_t *s, int on)
+{
+    pthread_mutex_lock(&s->mu);
+    s->paused = on != 0;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* The drain is over: every call is gone, or the linger time has passed. */

@@ -26,7 +26,14 @@
  * through uv_async_send, where replies are sent. A session has at most one step in flight: its
  * call is paused from a step's arrival until the reply has been handed to the transport, so a
  * fast client cannot queue unbounded work.
- * Each job runs alone (no batching across sessions yet).
+ * Continuous batching: when the executor takes a step, the other queued steps of sessions on the
+ * same blocks [a, b) join its pass (fewest tokens first, up to min(--max-batch-tokens,
+ * SW_SERVER_BATCH_ROWS) rows of B x T): the Linear layers run as one matmul over all their rows,
+ * attention per session against its own cache. Each session gets exactly the bits it would get
+ * alone (pipeline/model.h sw_span_batch_ok; tests/test-batch.c): steps of up to 64 tokens batch,
+ * LLM.int8() weights with an outlier threshold do not (the outlier columns would be shared), NF4
+ * batches 1..4-row steps apart from larger ones, spans on a GPU run steps one by one. Forward
+ * and backward calls run alone.
  *
  * Cache tokens: one token is one position of one sequence, across all blocks of the session's
  * span; a session reserves batch x max_length of them for its lifetime.
@@ -61,6 +68,9 @@ typedef struct {
 #define SW_SERVER_DEFAULT_CACHE_TOKENS 16384
 #define SW_SERVER_DEFAULT_BATCH_TOKENS 8192
 #define SW_SERVER_DEFAULT_IDLE_MS 300000
+/* Most rows (B x T summed over sessions) in one batched pass; sizes the executor's workspace
+ * once at load: rows x (3 H + 2 NH HD + 2 NKV HD + 2 I) floats (~50 MB for Llama-2-70B shapes). */
+#define SW_SERVER_BATCH_ROWS 128
 
 /*
  * Opens the model, loads blocks [start, end) (long: progress through opts->load), starts the
@@ -137,5 +147,20 @@ int sw_server_measure(sw_server_t *s, double budget_s, double *forward_rps, doub
 void sw_server_info_fill(const sw_server_t *s, Swarmd__ServerInfo *m);
 /* Block `block`'s weights digest (sw_span_block_digest) into out; -EINVAL outside the span. */
 int sw_server_block_digest(const sw_server_t *s, int block, uint8_t out[32]);
+
+/* What the executor has done (since start) and holds now; any thread. */
+typedef struct {
+    uint64_t steps;          /* inference steps run */
+    uint64_t batched_passes; /* passes that carried the steps of several sessions */
+    uint64_t batched_steps;  /* steps run in those passes */
+    uint32_t max_batch;      /* most sessions in one pass */
+    uint32_t queued;         /* jobs waiting for the executor now */
+    uint32_t batch_rows;     /* the row bound of a pass (0: no batching, spans on a GPU) */
+} sw_server_stats_t;
+void sw_server_stats(sw_server_t *s, sw_server_stats_t *out);
+
+/* Holds (on != 0) or releases the executor: while held, a job running finishes but no other
+ * starts; calls keep queueing. For tests and benchmarks that need a known batch. */
+void sw_server_pause(sw_server_t *s, int on);
 
 #endif
