@@ -9,6 +9,9 @@
  *     `swarmd generate --local` and in-process greedy decoding;
  *   - a rollback (start_from_position) then continuing equals local decoding of the corrected
  *     sequence;
+ *   - four sessions stepping in lockstep through A and B (every step of a round sent before
+ *     any reply is awaited, so the executors may batch them) each give the greedy ids of their
+ *     prompt decoded alone in-process;
  *   - bad requests each get their error (wrong span, wrong hidden size, malformed header, body or
  *     payload, over-long session, exhausted cache, step past max_length, rollback past the end,
  *     wrong batch) and the server keeps serving;
@@ -409,10 +412,9 @@ static int sess_open(sess_t *s, int srv, int a, int b, int B, int max_length)
 
 /* Sends one step (x: (B, T, H), T may be 0; rollback < 0: none) and, if x, waits for the reply
  * and decodes it into x. *pos gets the session's length after the step. */
-static int sess_step(sess_t *s, float *x, int T, int rollback, int *pos)
+static int sess_send(sess_t *s, const float *x, int T, int rollback)
 {
     Swarmd__InferenceRequest q = SWARMD__INFERENCE_REQUEST__INIT;
-    Swarmd__InferenceResponse *m;
     uint8_t hb[SW_CODEC_MAX_HEADER], body[512], *p = NULL;
     size_t hl = 0, plen = 0, bl;
     int e;
@@ -440,8 +442,15 @@ static int sess_step(sess_t *s, float *x, int T, int rollback, int *pos)
         return -ECONNRESET;
     e = sw_p2p_call_send(s->r.call, body, bl, p, plen, 0);
     sw_free(p);
-    if (e < 0)
-        return e;
+    return e;
+}
+
+/* Waits for the reply to the step sess_send sent last and decodes it into x (B, T, H). */
+static int sess_recv(sess_t *s, float *x, int T, int *pos)
+{
+    Swarmd__InferenceResponse *m;
+    int e;
+
     /* the reply or the end of the call */
     uint64_t end = uv_hrtime() + (uint64_t)WAIT_MS * 1000000ull;
     while (s->r.nmsg == s->seen && !s->r.done && !s->r.ended && uv_hrtime() < end)
@@ -462,6 +471,13 @@ static int sess_step(sess_t *s, float *x, int T, int rollback, int *pos)
     swarmd__inference_response__free_unpacked(m, NULL);
     s->seen++;
     return e;
+}
+
+static int sess_step(sess_t *s, float *x, int T, int rollback, int *pos)
+{
+    int e = sess_send(s, x, T, rollback);
+
+    return e < 0 ? e : sess_recv(s, x, T, pos);
 }
 
 /* Ends our half and waits for the call to complete; returns its status. */
@@ -741,6 +757,59 @@ static void test_session_rollback(void)
         SW_CHECKF(cont[k] == want[k], "token %d after rollback: swarm %d, local %d", k, cont[k],
                   want[k]);
     sw_free(x);
+}
+
+/* Several sessions in lockstep through A (0:2) then B (2:4): each round every session's step is
+ * sent before any reply is awaited, so the servers' executors may batch them (whether they do
+ * depends on timing here; test-serve-batch holds the executor to check batching itself). Each
+ * session's greedy ids must equal in-process greedy decoding of its prompt alone. */
+static void test_concurrent_sessions(void)
+{
+    enum { NSS = 4, N = 8 };
+    static const int32_t prompts[NSS][6] = { { 1, 17, 300 }, { 42, 999, 5, 64, 128 },
+                                              { 7, 513, 2 }, { 9, 8, 7, 6, 5, 4 } };
+    static const int plen[NSS] = { 3, 5, 3, 6 };
+    int32_t got[NSS][N], want[NSS][N];
+    float *x[NSS];
+    sess_t sa[NSS], sb[NSS];
+    sw_local_t *l = NULL;
+    int pos;
+
+    for (int i = 0; i < NSS; i++) {
+        x[i] = sw_malloc((size_t)plen[i] * H * sizeof(float));
+        SW_CHECK_OK(sess_open(&sa[i], 0, 0, 2, 1, plen[i] + N));
+        SW_CHECK_OK(sess_open(&sb[i], 1, 2, 4, 1, plen[i] + N));
+    }
+    for (int k = 0; k < N; k++) {
+        for (int hop = 0; hop < 2; hop++) {
+            sess_t *ss = hop ? sb : sa;
+            for (int i = 0; i < NSS; i++) {
+                if (hop == 0)
+                    SW_CHECK_OK(sw_head_embed(head, &sw_ops_cpu, k ? &got[i][k - 1] : prompts[i],
+                                              k ? 1 : plen[i], x[i]));
+                SW_CHECK_OK(sess_send(&ss[i], x[i], k ? 1 : plen[i], -1));
+            }
+            for (int i = 0; i < NSS; i++)
+                SW_CHECK_OK(sess_recv(&ss[i], x[i], k ? 1 : plen[i], &pos));
+        }
+        for (int i = 0; i < NSS; i++)
+            got[i][k] = argmax_of_hidden(x[i] + (size_t)(k ? 0 : plen[i] - 1) * H);
+    }
+    for (int i = 0; i < NSS; i++) {
+        SW_CHECK_OK(sess_close(&sa[i]));
+        SW_CHECK_OK(sess_close(&sb[i]));
+        sw_free(x[i]);
+    }
+    SW_CHECK_OK(sw_local_open(model_dir, 1, 16, NULL, &l));
+    int r = 0;
+    for (int i = 0; i < NSS && r == 0; i++)
+        r = sw_local_greedy(l, &sw_ops_cpu, prompts[i], plen[i], N, want[i], NULL, NULL, NULL);
+    sw_local_close(l);
+    SW_CHECK_OK(r);
+    for (int i = 0; i < NSS; i++)
+        for (int k = 0; k < N; k++)
+            SW_CHECKF(got[i][k] == want[i][k], "session %d token %d: swarm %d, alone in-process "
+                      "%d", i, k, got[i][k], want[i][k]);
 }
 
 /* Sends a raw forward request and expects the call to fail with code and a text containing what. */
@@ -1190,6 +1259,7 @@ int main(void)
     SW_RUN(test_forward_matches_local);
     SW_RUN(test_session_generate);
     SW_RUN(test_session_rollback);
+    SW_RUN(test_concurrent_sessions);
     SW_RUN(test_bad_forward);
     SW_RUN(test_backward_matches_local);
     SW_RUN(test_bad_backward);
