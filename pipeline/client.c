@@ -68,6 +68,8 @@ struct swarm_client {
     sw_route_table_t table;
     uint64_t probe_gen;
     int gets_left, gets_failed;
+    uint64_t table_ms; /* when forward/backward routing last read the swarm (0: never) */
+    uint64_t rng;      /* splitmix64 state of the random routes */
 };
 
 /* One hop of a session: a server (or the in-process span) holding blocks [start, end). */
@@ -516,6 +518,7 @@ int swarm_client_open(const swarm_client_opts_t *o, swarm_client_t **out)
     c->V = c->cfg->vocab_size;
     c->L = c->cfg->num_layers;
     sw_route_table_init(&c->table, c->L);
+    c->rng = uv_hrtime() ^ ((uint64_t)(uintptr_t)c << 16);
     if (!o->local && (r = open_network(c, o)) < 0)
         goto err;
     *out = c;
@@ -1230,5 +1233,378 @@ out:
         *n_out = n;
     sw_free(ids);
     sw_free(logits);
+    return r;
+}
+
+/* ======================================================================== forward and backward */
+
+/* A unary call and what came back. */
+typedef struct {
+    int done, status, got;
+    char error[256];
+    uint8_t *body, *payload;
+    size_t blen, plen;
+} unary_t;
+
+static void unary_msg(sw_p2p_call_t *k, sw_p2p_msg_t *m, void *arg)
+{
+    unary_t *u = arg;
+
+    (void)k;
+    if (u->got++)
+        return;
+    if ((u->body = sw_malloc(m->body_len ? m->body_len : 1))) {
+        memcpy(u->body, m->body, m->body_len);
+        u->blen = m->body_len;
+    }
+    u->plen = m->payload_len;
+    u->payload = sw_p2p_msg_take_payload(m);
+}
+
+static void unary_end(sw_p2p_call_t *k, int status, const char *error, void *arg)
+{
+    unary_t *u = arg;
+
+    u->status = status;
+    snprintf(u->error, sizeof(u->error), "%s", error ? error : "");
+    sw_p2p_call_end(k, 0, NULL);
+}
+
+static void unary_done(sw_p2p_call_t *k, int status, void *arg)
+{
+    unary_t *u = arg;
+
+    (void)k;
+    if (status < 0 && u->status == 0)
+        u->status = status;
+    u->done = 1;
+}
+
+static const sw_p2p_call_cbs_t unary_cbs = { unary_msg, unary_end, unary_done, NULL };
+
+static void unary_free(unary_t *u)
+{
+    sw_free(u->body);
+    sw_free(u->payload);
+    memset(u, 0, sizeof(*u));
+}
+
+/* Calls method on the server at addr with one message; on success u holds the one reply. */
+static int unary_call(swarm_client_t *c, const char *addr, const char *method, const uint8_t *body,
+                      size_t blen, const uint8_t *payload, size_t plen, unary_t *u)
+{
+    connect_wait_t *w = sw_calloc(1, sizeof(*w));
+    sw_p2p_call_t *call = NULL;
+    uint64_t end;
+    int r;
+
+    memset(u, 0, sizeof(*u));
+    if (!w)
+        return -ENOMEM;
+    if ((r = sw_p2p_connect(c->node, addr, hop_connected, w)) < 0) {
+        sw_free(w);
+        return sw_err(r, "cannot connect to %s: %s", addr, sw_strerror(r));
+    }
+    while (!w->done)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    if (w->status < 0) {
+        r = sw_err(w->status, "cannot connect to %s: %s", addr, sw_strerror(w->status));
+        sw_free(w);
+        return r;
+    }
+    r = sw_p2p_call_start(w->conn, method, c->step_timeout_ms, &unary_cbs, u, &call);
+    sw_free(w);
+    if (r < 0)
+        return sw_err(r, "cannot call %s: %s", addr, sw_strerror(r));
+    if ((r = sw_p2p_call_send(call, body, blen, (void *)payload, plen, 0)) < 0 ||
+        (r = sw_p2p_call_end(call, 0, NULL)) < 0) {
+        sw_p2p_call_cancel(call);
+        return sw_err(r, "cannot send to %s: %s", addr, sw_strerror(r));
+    }
+    /* the deadline travels with the call: it completes by then (plus a margin for the network) */
+    end = now_ms() + c->step_timeout_ms + 5000;
+    while (!u->done && now_ms() < end)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    if (!u->done) {
+        sw_p2p_call_cancel(call);
+        return sw_err(-ETIMEDOUT, "no answer within %u ms", c->step_timeout_ms);
+    }
+    if (u->status < 0)
+        return sw_err(u->status, "%s", u->error[0] ? u->error : sw_strerror(u->status));
+    if (u->got != 1)
+        return sw_err(SW_EFORMAT, "%d replies to a unary call", u->got);
+    return 0;
+}
+
+/* The table for forward/backward routing: read again when older than this (or after a failure). */
+#define TABLE_MAX_AGE_MS 30000u
+
+static int fresh_table(swarm_client_t *c, int force)
+{
+    int r;
+
+    if (!force && c->table_ms && now_ms() - c->table_ms < TABLE_MAX_AGE_MS)
+        return 0;
+    if ((r = read_swarm(c)) < 0)
+        return r;
+    c->table_ms = now_ms();
+    return 0;
+}
+
+/* Encodes x (B, T, H) with the client's codec into a new buffer; the header goes to hb. */
+static int encode_new(swarm_client_t *c, const float *x, int B, int T, uint8_t *hb, size_t *hl,
+                      uint8_t **payload, size_t *plen)
+{
+    sw_tensor_header_t th;
+    int64_t shape[3] = { B, T, c->H };
+    uint64_t cap;
+    int r;
+
+    sw_codec_encoded_bound(&c->codec, (uint64_t)B * T * c->H, &cap);
+    if (!(*payload = sw_malloc(cap ? (size_t)cap : 1)))
+        return -ENOMEM;
+    if ((r = sw_codec_encode(NULL, &c->codec, x, 3, shape, &th, *payload, (size_t)cap)) < 0 ||
+        (r = sw_codec_header_pack(&th, hb, SW_CODEC_MAX_HEADER, hl)) < 0) {
+        sw_free(*payload);
+        *payload = NULL;
+        return r;
+    }
+    *plen = (size_t)th.encoded_len;
+    return 0;
+}
+
+/* Decodes a reply tensor that must be (B, T, H) into out. */
+static int decode_reply(swarm_client_t *c, const ProtobufCBinaryData *h, const unary_t *u, int B,
+                        int T, float *out)
+{
+    sw_tensor_header_t th;
+    size_t n = (size_t)B * T * c->H;
+    int r;
+
+    if ((r = sw_codec_header_unpack(h->data, h->len, &th)) < 0)
+        return r;
+    if (th.ndim != 3 || th.shape[0] != B || th.shape[1] != T || th.shape[2] != c->H)
+        return sw_err(SW_EFORMAT, "reply tensor is not (%d, %d, %d)", B, T, c->H);
+    if ((r = sw_codec_decode(NULL, &th, u->payload, u->plen, out, n)) < 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(out[i]))
+            return sw_err(SW_EFORMAT, "the server returned a non-finite value");
+    return 0;
+}
+
+/* One "forward" call on server srv for blocks [a, b): x in place. */
+static int forward_call(swarm_client_t *c, const sw_route_server_t *srv, int a, int b, float *x,
+                        int B, int T)
+{
+    Swarmd__ForwardRequest q = SWARMD__FORWARD_REQUEST__INIT;
+    Swarmd__ForwardResponse *m;
+    uint8_t hb[SW_CODEC_MAX_HEADER], body[SW_CODEC_MAX_HEADER + 64], *p = NULL;
+    size_t hl, plen, bl;
+    unary_t u;
+    int r;
+
+    if ((r = encode_new(c, x, B, T, hb, &hl, &p, &plen)) < 0)
+        return r;
+    q.start_block = (uint32_t)a;
+    q.end_block = (uint32_t)b;
+    q.hidden.data = hb;
+    q.hidden.len = hl;
+    q.output_codec = (Swarmd__TensorHeader__Codec)c->codec.codec;
+    bl = swarmd__forward_request__pack(&q, body);
+    r = unary_call(c, srv->addr, "forward", body, bl, p, plen, &u);
+    sw_free(p);
+    if (r == 0) {
+        if (!(m = swarmd__forward_response__unpack(NULL, u.blen, u.body)))
+            r = sw_err(SW_EFORMAT, "malformed forward reply");
+        else {
+            r = decode_reply(c, &m->hidden, &u, B, T, x);
+            swarmd__forward_response__free_unpacked(m, NULL);
+        }
+    }
+    unary_free(&u);
+    return r;
+}
+
+/* One "backward" call on srv for blocks [a, b): inputs x, output gradient g -> input gradient in g. */
+static int backward_call(swarm_client_t *c, const sw_route_server_t *srv, int a, int b,
+                         const float *x, float *g, int B, int T)
+{
+    Swarmd__BackwardRequest q = SWARMD__BACKWARD_REQUEST__INIT;
+    Swarmd__BackwardResponse *m;
+    uint8_t hx[SW_CODEC_MAX_HEADER], hg[SW_CODEC_MAX_HEADER], body[2 * SW_CODEC_MAX_HEADER + 64];
+    uint8_t *px = NULL, *pg = NULL, *both = NULL;
+    size_t lx, lg, nx, ng, bl;
+    unary_t u;
+    int r;
+
+    memset(&u, 0, sizeof(u));
+    if ((r = encode_new(c, x, B, T, hx, &lx, &px, &nx)) < 0 || (r = encode_new(c, g, B, T, hg, &lg, &pg, &ng)) < 0)
+        goto out;
+    if (!(both = sw_malloc(nx + ng ? nx + ng : 1))) {
+        r = -ENOMEM;
+        goto out;
+    }
+    memcpy(both, px, nx);
+    memcpy(both + nx, pg, ng);
+    q.start_block = (uint32_t)a;
+    q.end_block = (uint32_t)b;
+    q.hidden.data = hx;
+    q.hidden.len = lx;
+    q.grad.data = hg;
+    q.grad.len = lg;
+    q.output_codec = (Swarmd__TensorHeader__Codec)c->codec.codec;
+    bl = swarmd__backward_request__pack(&q, body);
+    if ((r = unary_call(c, srv->addr, "backward", body, bl, both, nx + ng, &u)) < 0)
+        goto out;
+    if (!(m = swarmd__backward_response__unpack(NULL, u.blen, u.body))) {
+        r = sw_err(SW_EFORMAT, "malformed backward reply");
+        goto out;
+    }
+    r = decode_reply(c, &m->grad, &u, B, T, g);
+    swarmd__backward_response__free_unpacked(m, NULL);
+out:
+    unary_free(&u);
+    sw_free(px);
+    sw_free(pg);
+    sw_free(both);
+    return r;
+}
+
+/* Bans the server of a failed call and reports it. */
+static void call_failed(swarm_client_t *c, const sw_route_server_t *srv, const char *what, int a, int b)
+{
+    char id[SW_PEER_ID_SHORT_MAX];
+
+    sw_peer_id_short(&srv->peer, id);
+    event(c, SWARM_EVENT_FAILOVER, "%s of blocks %d:%d on %s failed: %s", what, a, b, id, sw_err_detail());
+    sw_route_ban(&c->table, &srv->peer, now_ms());
+}
+
+/* The next hop from block i towards b on a throughput-weighted random choice. */
+static int random_hop(swarm_client_t *c, int i, int b, sw_route_hop_t *h)
+{
+    sw_route_hop_t hops[MAX_HOPS];
+    int n = sw_route_random(&c->table, i, b, now_ms(), &c->rng, hops, MAX_HOPS);
+
+    if (n < 0)
+        return n;
+    *h = hops[0];
+    return 0;
+}
+
+int swarm_client_forward(swarm_client_t *c, int a, int b, float *x, int B, int T)
+{
+    unsigned failures = 0;
+    int r;
+
+    if (c->local)
+        return sw_err(SW_EUNSUPPORTED, "forward calls need a swarm; local mode runs sessions only");
+    if (a < 0 || b > c->L || a >= b || B < 1 || T < 1)
+        return sw_err(-EINVAL, "forward over blocks %d:%d of %d with B %d, T %d", a, b, c->L, B, T);
+    if ((r = fresh_table(c, 0)) < 0)
+        return r;
+    for (int i = a; i < b;) {
+        sw_route_hop_t h;
+        float *save = NULL;
+        if ((r = random_hop(c, i, b, &h)) == 0) {
+            const sw_route_server_t *srv = &c->table.srv[h.server]; /* no refresh until we are done with it */
+            if (!(save = sw_malloc((size_t)B * T * c->H * sizeof(float))))
+                return -ENOMEM;
+            memcpy(save, x, (size_t)B * T * c->H * sizeof(float));
+            if ((r = forward_call(c, srv, h.start, h.end, x, B, T)) == 0) {
+                sw_free(save);
+                i = h.end;
+                continue;
+            }
+            memcpy(x, save, (size_t)B * T * c->H * sizeof(float)); /* a failed call may leave part */
+            sw_free(save);
+            call_failed(c, srv, "forward", h.start, h.end);
+        }
+        if (r == -ENOMEM || ++failures > c->max_failures)
+            return sw_err(r == -ENOMEM ? r : -EHOSTUNREACH, "forward of blocks %d:%d: gave up after %u "
+                          "failures (%s)", i, b, failures - 1, sw_err_detail());
+        sleep_ms(c, backoff_ms(failures));
+        if ((r = fresh_table(c, 1)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+/*
+ * dL/dx through blocks [a, b) along a random chain: forward through the chain keeping each hop's
+ * input, then backward calls in reverse. A failed hop is redone (recursively, on other servers)
+ * from its kept input. *failures counts against max_failures.
+ */
+static int backward_span(swarm_client_t *c, int a, int b, const float *x, float *g, int B, int T,
+                         unsigned *failures)
+{
+    size_t n = (size_t)B * T * c->H;
+    sw_route_hop_t hops[MAX_HOPS];
+    sw_route_server_t *who = NULL; /* copies: a failure re-reads the table under our feet */
+    float *in = NULL, *keep = NULL;
+    int nh = 0, r = 0;
+
+    for (int i = a; i < b;) { /* the chain, one random hop at a time */
+        if ((r = random_hop(c, i, b, &hops[nh])) < 0)
+            return r;
+        i = hops[nh++].end;
+    }
+    in = sw_malloc((size_t)nh * n * sizeof(float));
+    keep = sw_malloc(n * sizeof(float));
+    who = sw_malloc((size_t)nh * sizeof(*who));
+    if (!in || !keep || !who) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (int k = 0; k < nh; k++)
+        who[k] = c->table.srv[hops[k].server];
+    memcpy(in, x, n * sizeof(float));
+    for (int k = 0; k + 1 < nh; k++) { /* inputs of hops 1..nh-1 */
+        memcpy(in + (size_t)(k + 1) * n, in + (size_t)k * n, n * sizeof(float));
+        if ((r = forward_call(c, &who[k], hops[k].start, hops[k].end, in + (size_t)(k + 1) * n, B, T)) < 0) {
+            call_failed(c, &who[k], "forward", hops[k].start, hops[k].end);
+            if (++*failures > c->max_failures)
+                goto out;
+            sleep_ms(c, backoff_ms(*failures));
+            if ((r = fresh_table(c, 1)) == 0)
+                r = backward_span(c, a, b, x, g, B, T, failures);
+            goto out;
+        }
+    }
+    for (int k = nh - 1; k >= 0; k--) {
+        memcpy(keep, g, n * sizeof(float));
+        if ((r = backward_call(c, &who[k], hops[k].start, hops[k].end, in + (size_t)k * n, g, B, T)) == 0)
+            continue;
+        memcpy(g, keep, n * sizeof(float));
+        call_failed(c, &who[k], "backward", hops[k].start, hops[k].end);
+        if (++*failures > c->max_failures)
+            goto out;
+        sleep_ms(c, backoff_ms(*failures));
+        if ((r = fresh_table(c, 1)) < 0 ||
+            (r = backward_span(c, hops[k].start, hops[k].end, in + (size_t)k * n, g, B, T, failures)) < 0)
+            goto out;
+    }
+out:
+    sw_free(in);
+    sw_free(keep);
+    sw_free(who);
+    return r;
+}
+
+int swarm_client_backward(swarm_client_t *c, int a, int b, const float *x, float *grad, int B, int T)
+{
+    unsigned failures = 0;
+    int r;
+
+    if (c->local)
+        return sw_err(SW_EUNSUPPORTED, "backward calls need a swarm; local mode runs sessions only");
+    if (a < 0 || b > c->L || a >= b || B < 1 || T < 1)
+        return sw_err(-EINVAL, "backward over blocks %d:%d of %d with B %d, T %d", a, b, c->L, B, T);
+    if ((r = fresh_table(c, 0)) < 0)
+        return r;
+    if ((r = backward_span(c, a, b, x, grad, B, T, &failures)) < 0 && failures > c->max_failures)
+        return sw_err(-EHOSTUNREACH, "backward of blocks %d:%d: gave up after %u failures (%s)", a, b,
+                      c->max_failures, sw_err_detail());
     return r;
 }

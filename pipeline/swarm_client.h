@@ -117,4 +117,20 @@ int swarm_session_generate(swarm_session_t *s, const int32_t *prompt, int T, int
                            const swarm_sampling_t *sp, const int32_t *eos_ids, int n_eos,
                            int (*on_token)(void *arg, int32_t id), void *arg, int *n_out);
 
+/*
+ * Hidden states x (B, T, H) through blocks [a, b) without a cache (positions 0..T-1), in place,
+ * along a chain drawn at random with probability proportional to the servers' announced
+ * throughput (as SWARM routes micro-batches; for training and batch scoring). A failed server is
+ * banned and its part redone on another; after max_failures failures the call gives up.
+ * Not available in local mode.
+ */
+int swarm_client_forward(swarm_client_t *c, int a, int b, float *x, int B, int T);
+/*
+ * The gradient of a loss with respect to the inputs x (B, T, H) of blocks [a, b), given grad =
+ * dL/d(outputs) (B, T, H), which is overwritten with dL/dx. Weights are frozen. Along a random
+ * chain as above: forward calls give each hop's inputs, then backward calls run in reverse (each
+ * server recomputes its forward). Failures as above.
+ */
+int swarm_client_backward(swarm_client_t *c, int a, int b, const float *x, float *grad, int B, int T);
+
 #endif

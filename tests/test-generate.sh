@@ -11,6 +11,7 @@
 #      equal --local's. A second generation routes around the dead server from the start. A server
 #      with other weights for 2:4 (NF4: its digests differ from the others') is never used.
 #      Then a server stopped with SIGSTOP mid-generation: the step timeout replaces it the same way.
+#      swarm_client_forward/backward on random routes equal the in-process span (tests/client-fb.c).
 #   3. Internet conditions: every server behind the link emulator at 100 ms RTT and 100 Mbit/s:
 #      same ids.
 #   4. Total loss: the only server of 0:2 SIGKILLed: a clear error naming blocks 0:2, within the
@@ -19,7 +20,8 @@
 set -u
 : "${SWARMD:?}"
 : "${SW_SOURCE_ROOT:?}"
-linkemu=${1:?usage: test-generate.sh LINKEMU}
+linkemu=${1:?usage: test-generate.sh LINKEMU CLIENT_FB}
+client_fb=${2:?usage: test-generate.sh LINKEMU CLIENT_FB}
 pass=0
 fail=0
 tmp=$(mktemp -d)
@@ -200,6 +202,12 @@ kill -KILL "$pid_g"
 if grep -q 'route: 0:2 via .*(a).*, 2:4 via .*(g)' "$tmp/gen4b.err" && grep -q '(g).*failed at position [0-9]*: .*no answer within 1000 ms' "$tmp/gen4b.err" &&
    [ "$rc" -eq 0 ] && cmp -s "$tmp/gen4b" "$tmp/local48"; then
   ok "a stalled server times out and is replaced; ids == --local ids"; else echo "    rc $rc"; bad "a stalled server times out and is replaced"; fi
+
+# forward/backward through the library on random routes (two of the 2:4 servers are dead and one
+# has other weights): equal to the in-process span within 1e-5
+if "$client_fb" "$model" llama-gqa-llama3 "$boot" 4 >"$tmp/gen-fb.log" 2>&1; then
+  ok "swarm_client_forward/backward == in-process span (random routes, dead servers skipped)"
+else sed 's/^/    | /' "$tmp/gen-fb.log" | tail -20; bad "swarm_client_forward/backward == in-process span"; fi
 
 # ---- 3. internet conditions: 100 ms RTT, 100 Mbit/s to every server
 for n in e f; do port=$(free_port); proxy "$n" 50 100 || bad "link emulator for $n"; eval "port_$n=$port proxy_$n=$proxy_port"; done
