@@ -5,7 +5,8 @@
 # shows it offline (or gone) and the gap 2:4. Every wait is a bounded poll; all processes are
 # killed on exit. Then `serve --serve-layers auto --num-blocks 2` takes the gap 2:4; status shows
 # each block's weights digest (the same for every server of a block) and device; --device cuda
-# without a GPU and a config file with an unknown key are refused.
+# without a GPU and a config file with an unknown key are refused; a good config file applies,
+# with the command line overriding it.
 set -u
 : "${SWARMD:?}"
 : "${SW_SOURCE_ROOT:?}"
@@ -122,6 +123,18 @@ if "$SWARMD" serve --model "$model" --serve-layers 0:1 --device cuda >"$tmp/cuda
   bad "--device cuda without a GPU refused"
 elif grep -q -e 'no CUDA GPU found' -e 'built without the CUDA backend' "$tmp/cuda.log"; then ok "--device cuda without a GPU refused"
 else bad "--device cuda without a GPU refused"; fi
+# a config file: its settings apply (model, listen, identity), the command line overrides them
+printf '# serve settings\nmodel = "%s"\nserve-layers = 0:2\nlisten = 127.0.0.1:0\nnew-swarm = false\nidentity = %s\n' \
+  "$model" "$tmp/conf.id" >"$tmp/good.conf"
+"$SWARMD" serve --config "$tmp/good.conf" --serve-layers 2:4 >"$tmp/confserve.log" 2>&1 &
+cpid=$!
+pids+=($cpid)
+if poll 30 grep -q '^serving blocks 2:4 of llama-gqa-llama3 at .*@127.0.0.1:' "$tmp/confserve.log" && [ -s "$tmp/conf.id" ]; then
+  ok "--config applied, command line overrides it"; else bad "--config applied, command line overrides it"; fi
+kill -TERM "$cpid"
+rc=0
+if poll 20 bash -c "! kill -0 $cpid 2>/dev/null"; then wait "$cpid" || rc=$?; else rc=124; fi
+if [ "$rc" -eq 0 ]; then ok "config server exited 0"; else bad "config server exited 0 (rc $rc)"; fi
 printf 'model = %s\nserve-layers = auto\nbogus = 1\n' "$model" >"$tmp/bad.conf"
 if "$SWARMD" serve --config "$tmp/bad.conf" >"$tmp/conf.log" 2>&1; then bad "--config: unknown key refused"
 elif grep -q "unknown setting 'bogus'" "$tmp/conf.log"; then ok "--config: unknown key refused"
