@@ -17,6 +17,7 @@
 #include "pipeline/backward.h"
 #include "pipeline/codec.h"
 #include "pipeline/model.h"
+#include "pipeline/server_check.h"
 #include "sw_build_config.h"
 #include "swarmd.pb-c.h"
 #include "util/alloc.h"
@@ -64,6 +65,7 @@ struct session {
     uv_timer_t timer;         /* idle timeout */
     uint64_t id;
     int opened, a, b, B, max_length, len;
+    sw_serve_session_t shape; /* as opened (server_check.h) */
     uint64_t reserved;        /* cache tokens held */
     sw_kv_t **kv;             /* b - a; created by the executor */
     float *x;                 /* B x Tcap x H */
@@ -488,57 +490,28 @@ static void job_submit(sw_server_t *s, job_t *j)
 
 /* ======================================================================== loop thread: checks */
 
-static int check_span(const sw_server_t *s, uint32_t a, uint32_t b)
+/* What requests are checked against now (pipeline/server_check.h). */
+static void limits_of(const sw_server_t *s, sw_serve_limits_t *l)
 {
-    if (a >= b || (int64_t)a < s->start || (int64_t)b > s->end)
-        return sw_err(SW_EUNSUPPORTED, "blocks %u:%u are not served here: this server serves "
-                      "blocks %d:%d (any non-empty span inside it)", a, b, s->start, s->end);
-    return 0;
+    l->start = s->start;
+    l->end = s->end;
+    l->H = s->H;
+    l->max_batch = s->max_batch;
+    l->max_position = s->cfg->max_position_embeddings;
+    l->max_cache = s->max_cache;
+    l->cache_left = s->max_cache - s->cache_used;
 }
 
-static int check_codec(int codec, sw_codec_opts_t *o)
+/* A checked forward or backward call into its job. */
+static void job_take_call(job_t *j, const sw_serve_call_t *c)
 {
-    if (codec < 0 || codec >= SW_CODEC_COUNT)
-        return sw_err(SW_EUNSUPPORTED, "unknown output codec %d", codec);
-    memset(o, 0, sizeof(*o));
-    o->codec = (sw_codec_t)codec;
-    return 0;
-}
-
-/* Parses a packed TensorHeader of hidden states (B, T, H) and checks it against the payload, the
- * hidden size and the batch limit. Sets *B and *T. */
-static int check_hidden(const sw_server_t *s, const ProtobufCBinaryData *hb, size_t payload_len,
-                        sw_tensor_header_t *h, int *B, int *T)
-{
-    int r;
-
-    if (hb->len == 0)
-        return sw_err(SW_EFORMAT, "no hidden states: the request has no tensor header");
-    if ((r = sw_codec_header_unpack(hb->data, hb->len, h)) < 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "%s", sw_err_detail());
-        return sw_err(r, "malformed tensor header: %s", why);
-    }
-    if (h->ndim != 3)
-        return sw_err(SW_EFORMAT, "hidden states must be 3-D (batch, tokens, hidden), not %d-D",
-                      h->ndim);
-    if (h->shape[2] != s->H)
-        return sw_err(SW_EFORMAT, "hidden size %lld does not match the model's %d",
-                      (long long)h->shape[2], s->H);
-    if (h->shape[0] < 1 || h->shape[1] < 1)
-        return sw_err(SW_EFORMAT, "empty hidden states (%lld, %lld, %d)", (long long)h->shape[0],
-                      (long long)h->shape[1], s->H);
-    if (h->shape[0] > s->max_batch || h->shape[1] > s->max_batch ||
-        h->shape[0] * h->shape[1] > (int64_t)s->max_batch)
-        return sw_err(SW_ELIMIT, "%lld x %lld tokens exceed this server's limit of %u per call "
-                      "(--max-batch-tokens); split the batch", (long long)h->shape[0],
-                      (long long)h->shape[1], s->max_batch);
-    if (h->encoded_len != payload_len)
-        return sw_err(SW_EFORMAT, "tensor header says %llu payload bytes, the message carries %zu",
-                      (unsigned long long)h->encoded_len, payload_len);
-    *B = (int)h->shape[0];
-    *T = (int)h->shape[1];
-    return 0;
+    j->a = c->a;
+    j->b = c->b;
+    j->B = c->B;
+    j->T = c->T;
+    j->in_h = c->in_h;
+    j->grad_h = c->grad_h;
+    j->out_opts = c->out_opts;
 }
 
 /* ======================================================================== loop thread: info */
@@ -632,6 +605,8 @@ static void forward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
     job_t *j = arg;
     sw_server_t *s = j->srv;
     Swarmd__ForwardRequest *q;
+    sw_serve_limits_t l;
+    sw_serve_call_t c;
     int r;
 
     if (j->answered || j->queued) {
@@ -644,17 +619,14 @@ static void forward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
         return;
     }
     sw_err_clear();
-    if ((r = check_span(s, q->start_block, q->end_block)) < 0 ||
-        (r = check_codec(q->output_codec, &j->out_opts)) < 0 ||
-        (r = check_hidden(s, &q->hidden, msg->payload_len, &j->in_h, &j->B, &j->T)) < 0) {
-        swarmd__forward_request__free_unpacked(q, NULL);
+    limits_of(s, &l);
+    r = sw_serve_check_forward(&l, q, msg->payload_len, &c);
+    swarmd__forward_request__free_unpacked(q, NULL);
+    if (r < 0) {
         forward_fail(j, r, sw_err_detail());
         return;
     }
-    j->out_opts.zstd = q->output_zstd;
-    j->a = (int)q->start_block;
-    j->b = (int)q->end_block;
-    swarmd__forward_request__free_unpacked(q, NULL);
+    job_take_call(j, &c);
     j->payload_len = msg->payload_len;
     j->payload = sw_p2p_msg_take_payload(msg);
     job_submit(s, j);
@@ -719,9 +691,9 @@ static void backward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
     job_t *j = arg;
     sw_server_t *s = j->srv;
     Swarmd__BackwardRequest *q;
-    sw_tensor_header_t h;
-    uint64_t hl = 0;
-    int r, B2 = 0, T2 = 0;
+    sw_serve_limits_t l;
+    sw_serve_call_t c;
+    int r;
 
     if (j->answered || j->queued) {
         forward_fail(j, SW_EFORMAT, "backward takes exactly one request message");
@@ -733,36 +705,14 @@ static void backward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
         return;
     }
     sw_err_clear();
-    r = check_span(s, q->start_block, q->end_block);
-    if (r == 0)
-        r = check_codec(q->output_codec, &j->out_opts);
-    /* the inputs' payload comes first: its header says how long it is (check_hidden reports a
-     * missing or malformed header) */
-    if (r == 0 && q->hidden.len && sw_codec_header_unpack(q->hidden.data, q->hidden.len, &h) == 0)
-        hl = h.encoded_len;
-    if (r == 0 && hl > msg->payload_len)
-        r = sw_err(SW_EFORMAT, "inputs' tensor header says %llu payload bytes, the message "
-                   "carries %zu in all", (unsigned long long)hl, msg->payload_len);
-    if (r == 0)
-        r = check_hidden(s, &q->hidden, (size_t)hl, &j->in_h, &j->B, &j->T);
-    if (r == 0 && (r = check_hidden(s, &q->grad, msg->payload_len - (size_t)j->in_h.encoded_len,
-                                    &j->grad_h, &B2, &T2)) < 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "%s", sw_err_detail());
-        r = sw_err(r, "output gradient: %s", why);
-    }
-    if (r == 0 && (B2 != j->B || T2 != j->T))
-        r = sw_err(SW_EFORMAT, "output gradient is (%d, %d, %d), the inputs (%d, %d, %d): they "
-                   "must have one shape", B2, T2, s->H, j->B, j->T, s->H);
+    limits_of(s, &l);
+    r = sw_serve_check_backward(&l, q, msg->payload_len, &c);
+    swarmd__backward_request__free_unpacked(q, NULL);
     if (r < 0) {
-        swarmd__backward_request__free_unpacked(q, NULL);
         forward_fail(j, r, sw_err_detail());
         return;
     }
-    j->out_opts.zstd = q->output_zstd;
-    j->a = (int)q->start_block;
-    j->b = (int)q->end_block;
-    swarmd__backward_request__free_unpacked(q, NULL);
+    job_take_call(j, &c);
     j->payload_len = msg->payload_len;
     j->payload = sw_p2p_msg_take_payload(msg);
     job_submit(s, j);
@@ -862,95 +812,50 @@ static void session_idle(uv_timer_t *t)
 }
 
 /* Checks the opening fields and reserves the session's cache tokens and buffers. */
+/* Checks the opening fields (sw_serve_check_open) and reserves the session's cache tokens and
+ * buffers. */
 static int session_setup(session_t *ss, const Swarmd__InferenceRequest *q)
 {
     sw_server_t *s = ss->srv;
-    uint64_t need = (uint64_t)q->batch * q->max_length;
-    size_t tcap, n, b1, b2;
-    sw_codec_opts_t none = { 0 }, z = { 0 };
+    sw_serve_limits_t l;
     int r;
 
-    if ((r = check_span(s, q->start_block, q->end_block)) < 0)
+    limits_of(s, &l);
+    if ((r = sw_serve_check_open(&l, q, &ss->shape)) < 0)
         return r;
-    if (q->batch < 1 || q->batch > 4096)
-        return sw_err(SW_ELIMIT, "batch %u is out of range (1..4096)", q->batch);
-    if (q->batch > s->max_batch)
-        return sw_err(SW_ELIMIT, "batch %u exceeds --max-batch-tokens %u", q->batch, s->max_batch);
-    if (q->max_length < 1 || q->max_length > (uint32_t)s->cfg->max_position_embeddings)
-        return sw_err(SW_ELIMIT, "max_length %u is out of range (1..%d, the model's context)",
-                      q->max_length, s->cfg->max_position_embeddings);
-    if (need > s->max_cache)
-        return sw_err(SW_ELIMIT, "session of batch %u x max_length %u needs %llu cache tokens, "
-                      "more than this server's whole budget of %llu; shorten it or use another "
-                      "server", q->batch, q->max_length, (unsigned long long)need,
-                      (unsigned long long)s->max_cache);
-    if (need > s->max_cache - s->cache_used)
-        return sw_err(SW_ELIMIT, "cache exhausted: session needs %llu cache tokens, %llu of %llu "
-                      "are left; retry later or use another server", (unsigned long long)need,
-                      (unsigned long long)(s->max_cache - s->cache_used),
-                      (unsigned long long)s->max_cache);
-    tcap = s->max_batch / q->batch;
-    if (tcap > q->max_length)
-        tcap = q->max_length;
-    n = (size_t)q->batch * tcap * (size_t)s->H;
-    z.zstd = 1;
-    if ((r = sw_codec_encoded_bound(&none, n, &b1)) < 0 ||
-        (r = sw_codec_encoded_bound(&z, n, &b2)) < 0)
-        return r;
-    ss->a = (int)q->start_block;
-    ss->b = (int)q->end_block;
-    ss->B = (int)q->batch;
-    ss->max_length = (int)q->max_length;
-    ss->x_cap = n;
-    ss->out_cap = b1 > b2 ? b1 : b2;
+    ss->a = ss->shape.a;
+    ss->b = ss->shape.b;
+    ss->B = ss->shape.B;
+    ss->max_length = ss->shape.max_length;
+    ss->x_cap = ss->shape.x_cap;
+    ss->out_cap = ss->shape.out_cap;
     ss->kv = sw_calloc((size_t)(ss->b - ss->a), sizeof(*ss->kv));
-    ss->x = sw_malloc(n * sizeof(float));
+    ss->x = sw_malloc(ss->x_cap * sizeof(float));
     ss->out = sw_malloc(ss->out_cap);
     if (!ss->kv || !ss->x || !ss->out)
-        return sw_err(-ENOMEM, "server out of memory for a session of %zu values", n);
-    ss->reserved = need;
-    s->cache_used += need;
+        return sw_err(-ENOMEM, "server out of memory for a session of %zu values", ss->x_cap);
+    ss->reserved = ss->shape.need;
+    s->cache_used += ss->shape.need;
     ss->opened = 1;
     return 0;
 }
 
+/* Checks a step (sw_serve_check_step) into the session's job. */
 static int session_check_step(session_t *ss, const Swarmd__InferenceRequest *q, size_t payload_len)
 {
-    sw_server_t *s = ss->srv;
     job_t *j = &ss->job;
-    int pos = ss->len, r;
+    sw_serve_limits_t l;
+    sw_serve_step_t st;
+    int r;
 
-    if ((q->start_block || q->end_block) &&
-        ((int)q->start_block != ss->a || (int)q->end_block != ss->b))
-        return sw_err(SW_EFORMAT, "step names blocks %u:%u, the session was opened for %d:%d",
-                      q->start_block, q->end_block, ss->a, ss->b);
-    if ((q->batch && (int)q->batch != ss->B) || (q->max_length && (int)q->max_length != ss->max_length))
-        return sw_err(SW_EFORMAT, "batch or max_length changed after the session opened");
-    if ((r = check_codec(q->output_codec, &j->out_opts)) < 0)
+    limits_of(ss->srv, &l);
+    if ((r = sw_serve_check_step(&l, &ss->shape, ss->len, q, payload_len, &st)) < 0)
         return r;
-    j->out_opts.zstd = q->output_zstd;
-    j->rollback = -1;
-    if (q->has_start_from_position) {
-        if (q->start_from_position > (uint32_t)ss->len)
-            return sw_err(SW_EFORMAT, "start_from_position %u is beyond the session's length %d",
-                          q->start_from_position, ss->len);
-        j->rollback = (int)q->start_from_position;
-        pos = j->rollback;
-    }
-    j->T = 0;
-    j->B = ss->B;
-    if (q->hidden.len == 0) {
-        if (payload_len)
-            return sw_err(SW_EFORMAT, "payload of %zu bytes without a tensor header", payload_len);
-        return 0;
-    }
-    if ((r = check_hidden(s, &q->hidden, payload_len, &j->in_h, &j->B, &j->T)) < 0)
-        return r;
-    if (j->B != ss->B)
-        return sw_err(SW_EFORMAT, "step has batch %d, the session %d", j->B, ss->B);
-    if ((size_t)j->B * j->T * s->H > ss->x_cap || pos + j->T > ss->max_length)
-        return sw_err(SW_ELIMIT, "maximum length exceeded: %d + %d positions > max_length %d",
-                      pos, j->T, ss->max_length);
+    j->B = st.B;
+    j->T = st.T;
+    j->rollback = st.rollback;
+    j->in_h = st.in_h;
+    j->out_opts = st.out_opts;
     return 0;
 }
 
