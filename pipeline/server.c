@@ -118,6 +118,8 @@ struct sw_server {
     int *batch_T;
     int batch_rows;           /* rows of one pass: min(--max-batch-tokens, SW_SERVER_BATCH_ROWS) */
     int paused;               /* sw_server_pause: the executor starts no job (under mu) */
+    uv_check_t wake;          /* wakes the executor once the loop has handled what it read */
+    int wake_pending;         /* loop thread's: jobs were queued in this loop iteration */
     sw_server_stats_t stats;  /* under mu */
     /* shutdown */
     int n_forward;            /* forward calls not yet freed */
@@ -484,6 +486,24 @@ static void job_submit(sw_server_t *s, job_t *j)
     }
     j->next = *p;
     *p = j;
+    pthread_mutex_unlock(&s->mu);
+    s->wake_pending = 1; /* the executor is woken in this iteration's check phase (on_wake) */
+}
+
+/*
+ * Check phase of the loop (right after it handled the sockets it polled): wakes an idle
+ * executor if jobs were queued. Deferring the wake-up to here costs a lone step microseconds
+ * and lets the steps that arrived together (a client stepping many sessions at once) be queued
+ * together, so the executor takes them as one batch instead of starting the first alone.
+ */
+static void on_wake(uv_check_t *h)
+{
+    sw_server_t *s = h->data;
+
+    if (!s->wake_pending)
+        return;
+    s->wake_pending = 0;
+    pthread_mutex_lock(&s->mu);
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -1155,6 +1175,11 @@ int sw_server_start(sw_server_t *s, uv_loop_t *loop, sw_p2p_node_t *node)
     uv_timer_init(loop, &s->drain_timer);
     s->drain_timer.data = s;
     s->handles_open++;
+    uv_check_init(loop, &s->wake);
+    s->wake.data = s;
+    uv_check_start(&s->wake, on_wake);
+    uv_unref((uv_handle_t *)&s->wake); /* it keeps no loop alive */
+    s->handles_open++;
     if ((r = pthread_create(&s->thread, NULL, executor_main, s)) != 0)
         return sw_err(-r, "cannot start the executor thread");
     s->thread_started = 1;
@@ -1433,4 +1458,5 @@ void sw_server_close(sw_server_t *s, void (*done)(void *arg), void *arg)
         session_end(ss, SW_ESTATE, "server is shutting down");
     uv_close((uv_handle_t *)&s->async, handle_closed);
     uv_close((uv_handle_t *)&s->drain_timer, handle_closed);
+    uv_close((uv_handle_t *)&s->wake, handle_closed);
 }
