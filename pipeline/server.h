@@ -33,7 +33,8 @@
  * alone (pipeline/model.h sw_span_batch_ok; tests/test-batch.c): steps of up to 64 tokens batch,
  * LLM.int8() weights with an outlier threshold do not (the outlier columns would be shared), NF4
  * batches 1..4-row steps apart from larger ones, spans on a GPU run steps one by one. Forward
- * and backward calls run alone.
+ * and backward calls run alone. The executor is woken in the loop's check phase, once the loop
+ * has handled everything it read, so steps that arrived together are queued together.
  *
  * Cache tokens: one token is one position of one sequence, across all blocks of the session's
  * span; a session reserves batch x max_length of them for its lifetime.
