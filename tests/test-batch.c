@@ -8,7 +8,9 @@
  *    memcmp, the same row computed in a call of another row count inside the reported range,
  *    at another position, next to other random rows (one of them NaN and one inf, which the NF4
  *    int8 GEMV must not let leak into the finite rows). LLM.int8() with a threshold must report
- *    -1, and the test shows why: an outlier in another row changes a row's result.
+ *    -1, and the test shows why: an outlier in another row changes a row's result. LLM.int8()
+ *    gives a row holding NaN/inf non-finite results (no undefined float-to-int conversion; UBSan
+ *    caught one).
  * 2. Spans: on the fixtures (MHA tied, GQA with llama3 RoPE, Qwen2 biases, Mistral sliding window
  *    with dynamic-NTK RoPE, llama-wide quantized to NF4 on load, the bnb-layout NF4 checkpoint,
  *    Int8 with threshold 0), sessions of different batch sizes and lengths step in an irregular
@@ -231,6 +233,22 @@ static void test_int8_rows(void)
         ops->matmul(y2, x, &q6, NULL, 2);
         SW_CHECKF(memcmp(y1, y2, sizeof(y1)) != 0, "%s: the outlier in row 1 left row 0 alone",
                   ops->name);
+        sw_free(x);
+    }
+    /* a NaN or an infinity gives that row non-finite results (NaN outside the outlier columns,
+     * not an undefined float-to-int conversion; an inf above threshold 6 is an outlier column
+     * and propagates in fp32), on every path and at both thresholds */
+    for (int p = 0; p < 3; p++) {
+        float *x = sw_test_randv(2 * K, 92, 0.5f), y[2 * N];
+        if (!path_set(p, N, K, &ops))
+            continue;
+        x[K + 3] = p == 1 ? INFINITY : NAN;
+        for (int t = 0; t < 2; t++) {
+            ops->matmul(y, x, t ? &q6 : &q0, NULL, 2);
+            for (int n = 0; n < N; n++)
+                SW_CHECKF(isfinite(y[n]) && !isfinite(y[N + n]), "%s threshold %d: %g %g",
+                          ops->name, t ? 6 : 0, y[n], y[N + n]);
+        }
         sw_free(x);
     }
     sw_cpu_force_portable(0);

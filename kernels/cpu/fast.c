@@ -1123,10 +1123,15 @@ static void i8_matmul(float *y, const float *x, const sw_tensor_t *w, const floa
             const float *xr = x + (size_t)(m0 + i) * K;
             int8_t *qr = xq + (size_t)i * K;
             float a = 0.0f, scale;
+            int bad = 0;
 
             for (size_t k = 0; k < K; k++)
-                if (!(outl[k / 64] >> (k % 64) & 1))
+                if (!(outl[k / 64] >> (k % 64) & 1)) {
+                    bad |= !isfinite(xr[k]);
                     a = fmaxf(a, fabsf(xr[k]));
+                }
+            if (bad) /* as the reference: NaN out, nothing converted to int8 */
+                a = NAN;
             scale = 127.0f / a;
             for (size_t k = 0; k < K; k++)
                 qr[k] = (a > 0.0f && !(outl[k / 64] >> (k % 64) & 1)) ?

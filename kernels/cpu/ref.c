@@ -45,7 +45,9 @@ static int col_is_outlier(const float *x, int M, int64_t K, int64_t k, float thr
  * LLM.int8() matmul (bnb.md §2): per row m, a = max |x[m, k]| over the non-outlier columns,
  * xq = round-half-even(x * (127 / a)) on those columns, C = exact int32 dot with the int8
  * weight, y = C * a * SCB[n] * (1/127^2) (bnb's MM_DEQUANT_CONST), plus, in fp32, the outlier
- * columns of x times the dequantized weight columns CB * SCB / 127, plus bias.
+ * columns of x times the dequantized weight columns CB * SCB / 127, plus bias. A row with a NaN
+ * or an infinity outside the outlier columns gives NaN (its int8 part is not computed: converting
+ * them to integers is undefined).
  */
 static void ref_matmul_int8(float *y, const float *x, const sw_tensor_t *w, const float *bias, int M)
 {
@@ -58,9 +60,15 @@ static void ref_matmul_int8(float *y, const float *x, const sw_tensor_t *w, cons
         const float *xr = x + (int64_t)m * K;
         float a = 0.0f, scale;
 
+        int bad = 0;
+
         for (int64_t k = 0; k < K; k++)
-            if (!col_is_outlier(x, M, K, k, thr))
+            if (!col_is_outlier(x, M, K, k, thr)) {
+                bad |= !isfinite(xr[k]);
                 a = fmaxf(a, fabsf(xr[k]));
+            }
+        if (bad) /* NaN/inf cannot be quantized: the row's result is NaN (a > 0 fails below) */
+            a = NAN;
         scale = 127.0f / a;
         for (int64_t n = 0; n < N; n++) {
             int32_t acc = 0;
