@@ -19,7 +19,8 @@
  *     proxy with the same settings (no swarmd code on the path); it shows what the emulator adds
  *     to the nominal RTT (its timers have millisecond granularity);
  *   - per-hop overhead = (swarm ms/step - local ms/step - hops x RTT) / hops, with RTT the
- *     nominal one and the echo's, next to the RTT bound of our client-relayed chain, hops x RTT
+ *     nominal one and the echo's, and swarm - local the median over steps of the difference
+ *     between each swarm step and the local step run just before it (robust to bursts of load), next to the RTT bound of our client-relayed chain, hops x RTT
  *     (client -> server 1 -> client -> server 2 ...: one round trip per hop), and the bound of a
  *     chain where each server pushes to the next (Petals' design), (hops + 1) x RTT / 2;
  *   - exactness: with --compress none the greedy ids must equal the local ones (a mismatch is
@@ -35,8 +36,9 @@
  *                  [--prefill-reps R] [--big-layers L] [--no-small] [--no-big] [--model DIR]
  *                  [--swarmd PATH] [--linkemu PATH] [--dir DIR] [-v]
  *
- * The machine's load (/proc/loadavg, 1 minute) is printed with each row: other processes on a
- * small machine move these figures, so compare rows of one run. Every wait on a child process is
+ * Each row shows the CPU that processes other than this benchmark and its children used while it
+ * ran (from /proc/stat and /proc/PID/stat): other work on a small machine moves these figures, so
+ * compare rows of one run and prefer runs where that column is near 0. Every wait on a child process is
  * bounded; all children are killed on exit. The checkpoint and logs go to a temporary directory
  * under --dir (default /dev/shm, else /tmp), removed at the end (logs are kept on failure).
  */
@@ -150,6 +152,43 @@ static double loadavg(void)
     return l;
 }
 
+/* Busy CPU time of the whole machine so far, in clock ticks (/proc/stat), or -1. */
+static long long machine_busy_ticks(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    long long v[8] = { 0 }, busy = -1;
+
+    if (f) {
+        if (fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]) == 8)
+            busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]; /* all but idle and iowait */
+        fclose(f);
+    }
+    return busy;
+}
+
+/* CPU time (user + system, clock ticks) of process pid so far (0: this process), or 0. */
+static long long proc_ticks(pid_t pid)
+{
+    char path[64], buf[1024], *p;
+    unsigned long long ut = 0, st = 0;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), pid ? "/proc/%d/stat" : "/proc/self/stat", (int)pid);
+    if (!(f = fopen(path, "r")))
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* fields after the command (which may hold spaces) in parentheses: state is field 3,
+     * utime and stime are fields 14 and 15 */
+    if (!(p = strrchr(buf, ')')) ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (long long)(ut + st);
+}
+
 /* ======================================================================== child processes */
 
 static pid_t children[MAX_CHILDREN];
@@ -164,6 +203,16 @@ static void kill_all(void)
         if (children[i] > 0)
             waitpid(children[i], NULL, 0);
     nchildren = 0;
+}
+
+/* CPU ticks used so far by this process and the children alive now (servers, proxies). */
+static long long our_ticks(void)
+{
+    long long t = proc_ticks(0);
+
+    for (int i = 0; i < nchildren; i++)
+        t += proc_ticks(children[i]);
+    return t;
 }
 
 static void rm_tmp(void)
@@ -431,6 +480,7 @@ typedef struct {
     double prefill_ms;   /* median over the counted sessions */
     double step_ms;      /* median decode step */
     double step_p10, step_p90;
+    double diff_ms;      /* swarm only: median over steps of (swarm step - the local step beside it) */
     int32_t ids[MAX_STEPS + 1]; /* greedy ids: the prefill's, then each decode step's */
     int nids;
     int hops;            /* in the route the client reported (local: 0) */
@@ -567,6 +617,12 @@ static void measure_pair(runner_t *lu, result_t *lr, runner_t *su, result_t *sr)
             if (k >= O.warmup)
                 u[j]->step[k - O.warmup] = ms;
         }
+    {
+        double d[MAX_STEPS];
+        for (int k = 0; k < O.steps; k++)
+            d[k] = su->step[k] - lu->step[k];
+        sr->diff_ms = quantile(d, O.steps, 0.5);
+    }
     for (int j = 0; j < 2; j++) {
         swarm_session_close(u[j]->s);
         u[j]->s = NULL;
@@ -795,7 +851,8 @@ static double link_rtt_ms(const link_t *ln, size_t bytes, int n)
 
 typedef struct {
     char model[24], link[64], compress[8];
-    double rtt_ms, link_ms, load; /* nominal RTT, measured echo round trip */
+    double rtt_ms, link_ms;  /* nominal RTT, measured echo round trip */
+    double others;          /* CPU cores used by other processes while the row ran */
     result_t sw;
     double local_prefill, local_step;
     int same_ids, nids;
@@ -806,20 +863,20 @@ static int nrows;
 
 static void print_header(void)
 {
-    printf("| model | link | codec | load | prefill ms (local) | decode ms/step p50 [p10-p90] | "
-           "steps/s | local ms/step | RTT nominal / echo | hops x RTT | per-hop overhead ms, "
-           "nominal / echo RTT | push bound | ids = local |\n");
-    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("| model | link | codec | others' CPU | prefill ms (local) | decode ms/step p50 [p10-p90] | "
+           "steps/s | local ms/step | swarm - local, paired p50 | RTT nominal / echo | hops x RTT | "
+           "per-hop overhead ms, nominal / echo RTT | push bound | ids = local |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 }
 
 static void print_row(const row_t *w)
 {
-    double extra = w->sw.step_ms - w->local_step;
+    double extra = w->sw.diff_ms;
 
-    printf("| %s | %s | %s | %.2f | %.1f (%.1f) | %.2f [%.2f-%.2f] | %.1f | %.2f | %.0f / %.2f | %.0f | "
+    printf("| %s | %s | %s | %.2f | %.1f (%.1f) | %.2f [%.2f-%.2f] | %.1f | %.2f | %.2f | %.0f / %.2f | %.0f | "
            "%.2f / %.2f | %.0f | %d/%d%s |\n",
-           w->model, w->link, w->compress, w->load, w->sw.prefill_ms, w->local_prefill,
-           w->sw.step_ms, w->sw.step_p10, w->sw.step_p90, 1e3 / w->sw.step_ms, w->local_step,
+           w->model, w->link, w->compress, w->others, w->sw.prefill_ms, w->local_prefill,
+           w->sw.step_ms, w->sw.step_p10, w->sw.step_p90, 1e3 / w->sw.step_ms, w->local_step, extra,
            w->rtt_ms, w->link_ms, HOPS * w->rtt_ms, (extra - HOPS * w->rtt_ms) / HOPS,
            (extra - HOPS * w->link_ms) / HOPS, (HOPS + 1) * w->rtt_ms / 2, w->same_ids, w->nids,
            w->sw.failovers ? " (failover!)" : "");
@@ -974,9 +1031,12 @@ int main(int argc, char **argv)
     printf("bench-generate: bootstrap node %s; prompt %d ids, %d warm-up + %d timed decode steps "
            "(batch 1, greedy), prefill median of %d sessions; %d servers per swarm\n",
            boot_addr, O.prompt, O.warmup, O.steps, O.prefill_reps, HOPS);
-    printf("load = 1-minute load average when the row started (on a 2-core machine, above ~1 means "
-           "other work competed); ids = local: greedy ids equal to --local's (must be all with codec "
-           "none)\n\n");
+    printf("load average at the start %.2f; %ld CPUs. others' CPU = cores busy with processes other "
+           "than this benchmark and its children while the row was measured.\n"
+           "swarm - local = median over decode steps of (swarm step - the local step run just "
+           "before it); per-hop overhead = (that - hops x RTT) / hops.\n"
+           "ids = local: greedy ids equal to --local's (must be all with codec none)\n\n",
+           loadavg(), sysconf(_SC_NPROCESSORS_ONLN));
     fflush(stdout);
 
     for (int m = 0; m < nmodels; m++) {
@@ -1005,14 +1065,18 @@ int main(int argc, char **argv)
                 swarm_client_opts_t so = { 0 };
                 const char *peers[1] = { boot_addr };
                 result_t local;
+                long long busy0, ours0;
+                double t0;
                 row_t *w;
                 char what[128];
                 if (nrows == (int)(sizeof(rows) / sizeof(rows[0])))
                     die("too many rows");
                 w = &rows[nrows++];
                 memset(w, 0, sizeof(*w));
-                w->load = loadavg();
                 w->link_ms = link_rtt_ms(ln, (size_t)H * (ci ? 2 : 4), 16);
+                t0 = now_s();
+                busy0 = machine_busy_ticks();
+                ours0 = our_ticks();
                 so.model_dir = models[m].dir;
                 so.model_name = name;
                 so.initial_peers = peers;
@@ -1021,6 +1085,10 @@ int main(int argc, char **argv)
                 snprintf(what, sizeof(what), "%s model, %s, %s", models[m].label, ln->label, codecs[ci]);
                 runner_open(&su, &so, what);
                 measure_pair(&lu, &local, &su, &w->sw);
+                w->others = (double)(machine_busy_ticks() - busy0 - (our_ticks() - ours0)) /
+                            (double)sysconf(_SC_CLK_TCK) / (now_s() - t0);
+                if (w->others < 0) /* tick rounding */
+                    w->others = 0;
                 runner_close(&su);
                 snprintf(w->model, sizeof(w->model), "%s", models[m].label);
                 snprintf(w->link, sizeof(w->link), "%s", ln->label);
