@@ -3,11 +3,14 @@
  * the same blocks run in this process, and aggregate decode throughput with 1, 4 and 16
  * concurrent sessions (continuous batching, pipeline/server.h).
  *
- *   bench-serve [--layers L] [--rounds N] [--swarmd PATH] [--dir DIR]
+ *   bench-serve [--layers L] [--rounds N] [--quant nf4|int8] [--swarmd PATH] [--dir DIR]
  *
  * The model: L (default 4) Llama blocks of TinyLlama-1.1B shape (H 2048, I 5632, 32 heads, 4 KV
  * heads; 88 MB of bf16 weights each, random), V 1024, written as a real checkpoint to DIR
- * (default /dev/shm, else /tmp) and deleted at the end. Every figure is printed next to its
+ * (default /dev/shm, else /tmp) and deleted at the end; --quant quantizes the blocks on load,
+ * in-process and in the server alike (NF4 batches at most 4 one-token steps per pass on AVX2;
+ * LLM.int8() with its default threshold does not batch: pipeline/server.h). Every figure is
+ * printed next to its
  * baseline measured in the same run:
  *   1. in-process: the server's own code path without the server - one span per block,
  *      sw_span_forward per step: one session's decode step (median and best of N), then S = 4
@@ -16,7 +19,8 @@
  *   2. served: a `swarmd serve --serve-layers 0:L` child on 127.0.0.1 (the build's swarmd, or
  *      --swarmd); the client sends hidden states (codec none, 8 KiB per
  *      token) and waits for the reply. An "info" call's round trip is the transport baseline.
- *      One session's step: median, so served - in-process = RPC + codec + queueing overhead.
+ *      One session's step, each followed by one in-process step (interleaved, so both see the
+ *      same machine): medians, served - in-process = RPC + codec + queueing overhead.
  *      S = 1, 4, 16 sessions in lockstep (every session's step sent, then every reply awaited,
  *      N rounds): aggregate tokens/s.
  * Not a test: the numbers depend on the machine and its neighbours.
@@ -194,19 +198,44 @@ static int local_step(local_t *lc, int s)
     return 0;
 }
 
-/* One decode step of sessions 0..S-1 as one batched pass per block. */
-static int local_step_batch(local_t *lc, int S, sw_fwd_batch_t *ws)
+/* The most one-token steps one pass may carry and still give each its bits alone, as the
+ * server's executor decides (sw_span_batch_ok on every block); 1: no batching. */
+static int local_group(local_t *lc, int S)
+{
+    int g = 1;
+
+    for (int n = 2; n <= S; n++) {
+        int ok = 1;
+        for (int i = 0; i < lc->L && ok; i++)
+            ok = sw_span_batch_ok(lc->span[i], &sw_ops_cpu, 1, 1, n);
+        if (ok)
+            g = n;
+    }
+    return g;
+}
+
+/* One decode step of sessions 0..S-1 in batched passes of up to g sessions (the executor's
+ * grouping), one sw_span_forward_batch per block and pass; g 1: each alone. */
+static int local_step_batch(local_t *lc, int S, int g, sw_fwd_batch_t *ws)
 {
     sw_kv_t *k[MAXS];
     int T[MAXS], r;
 
     for (int s = 0; s < S; s++)
         T[s] = 1;
-    for (int i = 0; i < lc->L; i++) {
-        for (int s = 0; s < S; s++)
-            k[s] = kvs[s][i];
-        if ((r = sw_span_forward_batch(lc->span[i], k, &sw_ops_cpu, xs, T, S, ws)) < 0)
-            return r;
+    for (int s0 = 0; s0 < S; s0 += g) {
+        int n = S - s0 < g ? S - s0 : g;
+        if (n == 1) {
+            if ((r = local_step(lc, s0)) < 0)
+                return r;
+            continue;
+        }
+        for (int i = 0; i < lc->L; i++) {
+            for (int s = 0; s < n; s++)
+                k[s] = kvs[s0 + s][i];
+            if ((r = sw_span_forward_batch(lc->span[i], k, &sw_ops_cpu, xs + s0, T, n, ws)) < 0)
+                return r;
+        }
     }
     return 0;
 }
@@ -239,7 +268,7 @@ static void set_flag(void *arg) { *(int *)arg = 1; }
 
 /* Starts `swarmd serve` for blocks 0:L and returns its address (PEERID@HOST:PORT) in addr. */
 static int start_server(const char *swarmd, const char *model, const char *tmp, int L,
-                        char *addr, size_t cap)
+                        const char *quant, char *addr, size_t cap)
 {
     char layers[32], idp[600], logp[600], line[1024];
     int fds[2];
@@ -261,7 +290,7 @@ static int start_server(const char *swarmd, const char *model, const char *tmp, 
         close(fds[0]);
         execl(swarmd, swarmd, "--identity", idp, "serve", "--model", model, "--serve-layers",
               layers, "--listen", "127.0.0.1:0", "--throughput", "1", "--max-cache-tokens",
-              "65536", (char *)NULL);
+              "65536", "--quant", quant, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -365,9 +394,12 @@ static int send_step(call_t *c, int first, int L, const float *x, uint64_t id)
 /*
  * S sessions in lockstep for `rounds` rounds (after one warm-up round that opens them): per
  * round every step is sent, then every reply awaited. Returns the aggregate tokens/s (-1 on
- * failure); t_round (may be NULL) gets each round's time.
+ * failure); t_round (may be NULL) gets each round's time, and with lc, t_local each time of one
+ * in-process step of local session 0 run right after the round (interleaved, so that both see
+ * the same machine: the neighbours of a shared VM come and go).
  */
-static double served_lockstep(int S, int L, int rounds, double *t_round)
+static double served_lockstep(int S, int L, int rounds, double *t_round, local_t *lc,
+                              double *t_local)
 {
     call_t c[MAXS];
     float *x = sw_malloc((size_t)H * sizeof(float));
@@ -392,7 +424,15 @@ static double served_lockstep(int S, int L, int rounds, double *t_round)
                 r = sw_err(SW_ESTATE, "session %d ended: %s", s, c[s].error);
         if (t_round && rd > 0)
             t_round[rd - 1] = now() - ts;
+        if (lc && rd > 0 && r == 0) {
+            ts = now();
+            r = local_step(lc, 0);
+            t_local[rd - 1] = now() - ts;
+        }
     }
+    if (lc && r == 0) /* the in-process steps are not in the served figure */
+        for (int k = 0; k < rounds; k++)
+            t0 += t_local[k];
     if (r == 0)
         tok = (double)S * rounds / (now() - t0);
     else
@@ -444,12 +484,15 @@ static const int Ss[] = { 1, 4, 16 };
 int main(int argc, char **argv)
 {
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", *swarmd = NULL;
+    const char *quant = "none";
+    sw_load_opts_t lo = SW_LOAD_OPTS_DEFAULT;
     char dir[512], swarmd_def[1024], addr[512], self[1024];
     int L = 4, rounds = 24, r, ok = 0;
     local_t lc = { 0 };
     sw_fwd_batch_t *ws = NULL;
-    double t[256], alone_med, alone_best, seq_tok[3], bat_tok[3], srv_tok[3], srv_med;
+    double t[256], tl[256], alone_med, alone_best, seq_tok[3], bat_tok[3], srv_tok[3], srv_med;
     double memcpy_gbs, read_gbs, wbytes;
+    int group;
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc)
@@ -460,9 +503,12 @@ int main(int argc, char **argv)
             swarmd = argv[++i];
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
             base = argv[++i];
+        else if (!strcmp(argv[i], "--quant") && i + 1 < argc &&
+                 sw_quant_parse(argv[i + 1], &lo.quant) == 0)
+            quant = argv[++i];
         else {
-            fprintf(stderr, "usage: bench-serve [--layers L] [--rounds N] [--swarmd PATH] "
-                    "[--dir DIR]\n");
+            fprintf(stderr, "usage: bench-serve [--layers L] [--rounds N] [--quant nf4|int8] "
+                    "[--swarmd PATH] [--dir DIR]\n");
             return 2;
         }
     }
@@ -492,9 +538,10 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("bench-serve: %d Llama blocks (H %d, I %d, %d heads, %d KV heads; %.0f MB bf16 each), "
-           "%d rounds, %d pool threads, simd %s\n", L, H, I, NH, NKV,
-           (2.0 * H * NH * HD + 2.0 * H * NKV * HD + 3.0 * H * I) * 2 / 1e6, rounds,
-           sw_pool_threads(sw_pool_global()), sw_cpu_simd_name());
+           "blocks as %s, %d rounds, %d pool threads, simd %s\n", L, H, I, NH, NKV,
+           (2.0 * H * NH * HD + 2.0 * H * NKV * HD + 3.0 * H * I) * 2 / 1e6,
+           strcmp(quant, "none") ? quant : "stored", rounds, sw_pool_threads(sw_pool_global()),
+           sw_cpu_simd_name());
     fflush(stdout);
     if ((r = write_checkpoint(dir, L)) < 0) {
         fprintf(stderr, "bench-serve: cannot write the checkpoint in %s: %s\n", dir, sw_strerror(r));
@@ -509,7 +556,7 @@ int main(int argc, char **argv)
     if ((r = sw_model_open(dir, &lc.m)) < 0)
         goto fail;
     for (int i = 0; i < L; i++)
-        if ((r = sw_span_load(lc.m, i, i + 1, NULL, &lc.span[i])) < 0)
+        if ((r = sw_span_load(lc.m, i, i + 1, &lo, &lc.span[i])) < 0)
             goto fail;
     for (int s = 0; s < MAXS; s++) {
         xs[s] = sw_malloc((size_t)H * sizeof(float));
@@ -525,6 +572,7 @@ int main(int argc, char **argv)
         t[k] = now() - t0;
     }
     alone_best = best_of(t, rounds, &alone_med);
+    group = local_group(&lc, MAXS);
     wbytes = 0.0;
     for (int i = 0; i < L; i++)
         wbytes += (double)sw_span_block_bytes(lc.span[i], i);
@@ -544,7 +592,7 @@ int main(int argc, char **argv)
         seq_tok[si] = (double)S * rounds / (now() - t0);
         t0 = now();
         for (int k = 0; k < rounds; k++)
-            if ((r = local_step_batch(&lc, S, ws)) < 0)
+            if ((r = local_step_batch(&lc, S, group, ws)) < 0)
                 goto fail;
         bat_tok[si] = (double)S * rounds / (now() - t0);
     }
@@ -559,7 +607,7 @@ int main(int argc, char **argv)
         sw_identity_t me;
         uint8_t seed[32];
         int closed = 0;
-        if ((r = start_server(swarmd, dir, dir, L, addr, sizeof(addr))) < 0)
+        if ((r = start_server(swarmd, dir, dir, L, quant, addr, sizeof(addr))) < 0)
             goto fail;
         uv_loop_init(&loop);
         memset(seed, 0x42, sizeof(seed));
@@ -572,10 +620,14 @@ int main(int argc, char **argv)
             goto fail;
         }
         double rtt = info_rtt();
-        served_lockstep(1, L, rounds, t); /* one session: per-step times */
+        if ((r = local_sessions(&lc, 1)) < 0 || (r = local_step(&lc, 0)) < 0)
+            goto fail;
+        /* one session: per-step times, interleaved with in-process steps */
+        served_lockstep(1, L, rounds, t, &lc, tl);
         srv_med = median_of(t, rounds);
+        alone_best = best_of(tl, rounds, &alone_med);
         for (int si = 0; si < 3; si++)
-            srv_tok[si] = served_lockstep(Ss[si], L, rounds, NULL);
+            srv_tok[si] = served_lockstep(Ss[si], L, rounds, NULL, NULL, NULL);
 
         printf("\none decode step (B 1, T 1) through %d blocks, median of %d [best]\n", L, rounds);
         printf("  in-process, sw_span_forward per block  %8.2f ms [%6.2f]   (%.2f GB of weights: "
@@ -583,7 +635,8 @@ int main(int argc, char **argv)
                alone_best * 1e3, wbytes / 1e9, wbytes / alone_med / 1e9,
                100.0 * wbytes / alone_med / 1e9 / memcpy_gbs,
                100.0 * wbytes / alone_med / 1e9 / read_gbs);
-        printf("  through swarmd serve on loopback       %8.2f ms\n", srv_med * 1e3);
+        printf("  through swarmd serve on loopback       %8.2f ms [%6.2f]   (the two interleaved, "
+               "step by step)\n", srv_med * 1e3, best_of(t, rounds, &(double){ 0 }) * 1e3);
         printf("  difference: RPC + codec + queueing     %8.2f ms   (an empty \"info\" call's "
                "round trip: %.3f ms)\n", (srv_med - alone_med) * 1e3, rtt * 1e3);
         printf("\naggregate decode tokens/s, S sessions stepping together for %d rounds\n", rounds);
@@ -592,8 +645,9 @@ int main(int argc, char **argv)
         for (int si = 0; si < 3; si++)
             printf("  %-9d %18.1f %18.1f %18.1f %11.2fx\n", Ss[si], seq_tok[si], bat_tok[si],
                    srv_tok[si], srv_tok[si] / seq_tok[si]);
-        printf("  (alone: each session's step by sw_span_forward in turn; batch: one "
-               "sw_span_forward_batch pass per block)\n");
+        printf("  (alone: each session's step by sw_span_forward in turn; batch: "
+               "sw_span_forward_batch passes of up to %d sessions, as the server groups them)\n",
+               group);
         sw_p2p_node_close(node, set_flag, &closed);
         run_until(flag_set, &closed, WAIT_MS);
         uv_run(&loop, UV_RUN_DEFAULT);
@@ -608,6 +662,9 @@ fail:
     fprintf(stderr, "bench-serve: %s: %s\n", sw_strerror(r), sw_err_detail());
 out:
     kill_child();
+    for (int s = 0; s < MAXS; s++)
+        for (int i = 0; i < L; i++)
+            sw_kv_free(kvs[s][i]);
     sw_fwd_batch_free(ws);
     for (int i = 0; i < L; i++)
         sw_span_free(lc.span[i]);
