@@ -69,7 +69,8 @@ typedef struct {
     "  --model DIR             the model's directory (config.json, embeddings, LM head, tokenizer)\n" \
     "  --initial-peers A,...   DHT nodes of the swarm (PEERID@HOST:PORT or HOST:PORT)\n"           \
     "  --local                 run every block in this process instead (no swarm)\n"              \
-    "  --model-name NAME       the model's swarm name (default: as 'swarmd serve' derives it)\n"  \
+    "  --model-name NAME       the model's swarm name (default: as 'swarmd serve' derives it from\n" \
+    "                          config.json's _name_or_path or the directory)\n"                 \
     "  --max-new-tokens N      most tokens to generate (default 16 for generate, 512 for chat)\n" \
     "  --max-length N          positions the session reserves on every server (default: prompt\n" \
     "                          + new tokens for generate, 2048 for chat)\n"                        \

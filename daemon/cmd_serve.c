@@ -126,8 +126,9 @@ static void serve_usage(FILE *f)
             "                           for 0.0.0.0 the first non-loopback IPv4 address)\n"
             "  --refresh S              re-announce every S seconds (default 20)\n"
             "  --expiry S               announcements live S seconds (default 60; more than --refresh)\n"
-            "  --model-name NAME        the model's name in the swarm (default: the model\n"
-            "                           directory's last component, '.' replaced by '-')\n"
+            "  --model-name NAME        the model's name in the swarm (default: the last part of\n"
+            "                           config.json's _name_or_path, else of the directory;\n"
+            "                           '.' and other punctuation become '-')\n"
             "  --public-name NAME       a name shown by 'swarmd status'\n"
             "  -h, --help               this help\n"
             "Throughput figures are cached in $SWARMD_CACHE_DIR, else $XDG_CACHE_HOME/swarmd, else\n"
@@ -1580,17 +1581,10 @@ int sw_cmd_serve(int argc, char **argv)
         goto out_free;
     }
     if (!v->model_name) {
-        const char *md = v->so.model_dir, *base;
-        size_t ln = strlen(md);
-        while (ln > 1 && md[ln - 1] == '/')
-            ln--;
-        base = md + ln;
-        while (base > md && base[-1] != '/')
-            base--;
-        snprintf(model_name, sizeof(model_name), "%.*s", (int)(md + ln - base), base);
-        for (char *q = model_name; *q; q++)
-            if (*q == '.')
-                *q = '-';
+        if ((r = sw_model_swarm_name(v->so.model_dir, model_name, sizeof(model_name))) < 0) {
+            rc = fail("--model-name", r);
+            goto out_free;
+        }
         v->model_name = model_name;
     }
     v->so.load = lo;

@@ -365,23 +365,6 @@ static void probe_servers(swarm_client_t *c)
 
 /* ======================================================================== opening */
 
-/* The swarm name serve derives from a model directory: its last component, '.' -> '-'. */
-static void derive_name(const char *dir, char *out, size_t cap)
-{
-    size_t ln = strlen(dir);
-    const char *base;
-
-    while (ln > 1 && dir[ln - 1] == '/')
-        ln--;
-    base = dir + ln;
-    while (base > dir && base[-1] != '/')
-        base--;
-    snprintf(out, cap, "%.*s", (int)(dir + ln - base), base);
-    for (char *q = out; *q; q++)
-        if (*q == '.')
-            *q = '-';
-}
-
 static void load_progress(void *ctx, int block, int done, int total)
 {
     swarm_client_t *c = ctx;
@@ -478,8 +461,8 @@ int swarm_client_open(const swarm_client_opts_t *o, swarm_client_t **out)
             goto err;
         }
         snprintf(c->model_name, sizeof(c->model_name), "%s", o->model_name);
-    } else {
-        derive_name(o->model_dir, c->model_name, sizeof(c->model_name));
+    } else if ((r = sw_model_swarm_name(o->model_dir, c->model_name, sizeof(c->model_name))) < 0) {
+        goto err;
     }
     if (o->compress) {
         if ((r = sw_codec_parse(o->compress, &c->codec.codec)) < 0)

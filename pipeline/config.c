@@ -723,3 +723,46 @@ const char *sw_rope_type_name(sw_rope_type_t t)
     }
     return "unknown";
 }
+
+/* Copies the last '/'-separated component of s[0..len) into out as a swarm name: letters, digits,
+ * '_' and '-' kept, '.' and anything else made '-'; at most cap - 1 bytes. Returns its length. */
+static size_t name_component(const char *s, size_t len, char *out, size_t cap)
+{
+    const char *base;
+    size_t n = 0;
+
+    while (len > 1 && s[len - 1] == '/')
+        len--;
+    base = s + len;
+    while (base > s && base[-1] != '/')
+        base--;
+    for (; base < s + len && n + 1 < cap; base++) {
+        char ch = *base;
+        out[n++] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                   ch == '_' || ch == '-' ? ch : '-';
+    }
+    out[n] = '\0';
+    return n;
+}
+
+int sw_model_swarm_name(const char *dir, char *out, size_t cap)
+{
+    char *path = sw_path_join(dir, "config.json");
+    json_t *root = NULL, *v;
+    size_t n = 0;
+
+    if (cap < 2) {
+        sw_free(path);
+        return sw_err(SW_EUSAGE, "no room for a swarm name");
+    }
+    if (path && sw_json_load(path, 1u << 20, &root) == 0 && json_is_object(root) &&
+        (v = json_object_get(root, "_name_or_path")) && json_is_string(v) && json_string_length(v) > 0)
+        n = name_component(json_string_value(v), json_string_length(v), out, cap > 100 ? 100 : cap);
+    json_decref(root);
+    sw_free(path);
+    if (n == 0 || strspn(out, "-") == n)
+        n = name_component(dir, strlen(dir), out, cap > 100 ? 100 : cap);
+    if (n == 0)
+        return sw_err(SW_EUSAGE, "cannot derive a swarm name from '%s'; give --model-name", dir);
+    return 0;
+}

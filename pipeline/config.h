@@ -109,6 +109,15 @@ void sw_rope_inv_freq(const sw_model_config_t *cfg, int64_t seq_len, float *inv_
  */
 int64_t sw_rope_dynamic_len(const sw_model_config_t *cfg, int64_t *cached, int64_t seq_len);
 
+/*
+ * The name a model goes by in a swarm (DHT keys "<name>.<block>"), the same on every machine that
+ * holds the same checkpoint: the last component of config.json's "_name_or_path" (what
+ * transformers records, e.g. "meta-llama/Llama-2-7b-hf" -> "Llama-2-7b-hf") when it has one,
+ * else the directory's last component; '.' and characters other than letters, digits, '_' and
+ * '-' become '-'; at most 99 bytes. --model-name overrides it in every command.
+ */
+int sw_model_swarm_name(const char *dir, char *out, size_t cap);
+
 const char *sw_arch_name(sw_arch_t a);
 const char *sw_rope_type_name(sw_rope_type_t t);
 

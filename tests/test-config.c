@@ -5,6 +5,7 @@
  * computed here in double precision from the published formulas (relative tolerance 1e-6).
  */
 #include <jansson.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pipeline/config.h"
@@ -636,6 +637,59 @@ static void test_load(void)
     rmdir(dir);
 }
 
+static void write_config(const char *dir, const char *text)
+{
+    char path[128];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    if ((f = fopen(path, "w"))) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* sw_model_swarm_name: _name_or_path's last part, else the directory's; punctuation -> '-'. */
+static void test_swarm_name(void)
+{
+    char dir[] = "/tmp/test-swarm-name-XXXXXX", sub[96], path[128], name[128];
+
+    SW_CHECK(mkdtemp(dir) != NULL);
+    snprintf(sub, sizeof(sub), "%s/my.model v2", dir);
+    SW_CHECK(mkdir(sub, 0700) == 0);
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name))); /* no config.json: the directory */
+    SW_CHECK(strcmp(name, "my-model-v2") == 0);
+    write_config(sub, "{\"_name_or_path\": \"meta-llama/Llama-2-7b.hf\", \"model_type\": \"llama\"}");
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+    SW_CHECK(strcmp(name, "Llama-2-7b-hf") == 0);
+    write_config(sub, "{\"_name_or_path\": \"\"}"); /* empty: the directory */
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+    SW_CHECK(strcmp(name, "my-model-v2") == 0);
+    write_config(sub, "{\"_name_or_path\": \"/models/Qwen2.5-0.5B/\"}"); /* trailing slash */
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+    SW_CHECK(strcmp(name, "Qwen2-5-0-5B") == 0);
+    write_config(sub, "{\"_name_or_path\": 7}"); /* not a string: the directory */
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+    SW_CHECK(strcmp(name, "my-model-v2") == 0);
+    write_config(sub, "not json");
+    SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+    SW_CHECK(strcmp(name, "my-model-v2") == 0);
+    {
+        char big[400];
+        memset(big, 'a', sizeof(big));
+        memcpy(big, "{\"_name_or_path\": \"", 19);
+        memcpy(big + sizeof(big) - 3, "\"}", 3);
+        write_config(sub, big);
+        SW_CHECK_OK(sw_model_swarm_name(sub, name, sizeof(name)));
+        SW_CHECK(strlen(name) == 99); /* at most 99 bytes */
+    }
+    SW_CHECK(sw_model_swarm_name(sub, name, 1) == SW_EUSAGE);
+    snprintf(path, sizeof(path), "%s/config.json", sub);
+    unlink(path);
+    rmdir(sub);
+    rmdir(dir);
+}
+
 static void test_names(void)
 {
     SW_CHECK(strcmp(sw_arch_name(SW_ARCH_LLAMA), "llama") == 0);
@@ -788,6 +842,7 @@ int main(void)
     SW_RUN(test_malformed_values);
     SW_RUN(test_load);
     SW_RUN(test_names);
+    SW_RUN(test_swarm_name);
     SW_RUN(test_inv_freq_default);
     SW_RUN(test_inv_freq_linear);
     SW_RUN(test_inv_freq_llama3);
