@@ -14,6 +14,9 @@
  * sessions without a rollback equal sw_local_greedy in-process, and the server's counters must
  * show the batches: every round batched in the batched run (dense: all six in one pass; NF4: the
  * decode rounds in passes of at most 4), none in the alone run.
+ * And a step that fails on the executor (a payload that does not decode) fails alone: its session
+ * ends with the reason, the two steps held with it still share a pass and equal in-process
+ * sw_span_forward bit for bit.
  * Needs SW_SOURCE_ROOT. Every wait is bounded.
  */
 #include <signal.h>
@@ -123,8 +126,11 @@ static void s_done(sw_p2p_call_t *k, int status, void *arg)
 
 static const sw_p2p_call_cbs_t s_cbs = { s_msg, s_end, s_done, NULL };
 
-/* Sends a step of x (1, T, H) (first: opens the session for blocks [0, L)); rollback < 0: none. */
-static int s_send(sess_t *s, int first, int L, const float *x, int T, int rollback, uint64_t id)
+/* Sends a step of x (1, T, H) (first: opens the session for blocks [0, L)); rollback < 0: none;
+ * spoil: as blockwise8 with a NaN absmax, which passes the loop's checks and fails decoding on
+ * the executor. */
+static int s_send_as(sess_t *s, int first, int L, const float *x, int T, int rollback,
+                     uint64_t id, int spoil)
 {
     Swarmd__InferenceRequest q = SWARMD__INFERENCE_REQUEST__INIT;
     sw_codec_opts_t o = { 0 };
@@ -145,6 +151,8 @@ static int s_send(sess_t *s, int first, int L, const float *x, int T, int rollba
         q.start_from_position = (uint32_t)rollback;
     }
     q.step_id = id;
+    if (spoil)
+        o.codec = SW_CODEC_BLOCKWISE8;
     sw_codec_encoded_bound(&o, (uint64_t)T * H, &cap);
     p = sw_malloc(cap);
     if ((r = sw_codec_encode(NULL, &o, x, 3, shape, &th, p, cap)) < 0 ||
@@ -152,11 +160,18 @@ static int s_send(sess_t *s, int first, int L, const float *x, int T, int rollba
         sw_free(p);
         return r;
     }
+    if (spoil)
+        memset(p, 0xff, 4); /* the first block's absmax := NaN */
     q.hidden.data = hb;
     q.hidden.len = hl;
     r = sw_p2p_call_send(s->call, body, swarmd__inference_request__pack(&q, body), p,
                          (size_t)th.encoded_len, SW_P2P_SEND_TAKE);
     return r;
+}
+
+static int s_send(sess_t *s, int first, int L, const float *x, int T, int rollback, uint64_t id)
+{
+    return s_send_as(s, first, L, x, T, rollback, id, 0);
 }
 
 typedef struct {
@@ -425,6 +440,77 @@ static void test_nf4(void)
     batch_case("llama-wide", &nf4, strcmp(sw_cpu_simd_name(), "portable") ? 4 : NS);
 }
 
+/*
+ * A step that fails on the executor (its payload does not decode) fails alone: held together with
+ * two good steps, it ends its session with the reason, and the other two still share a pass and
+ * get the bits of an in-process sw_span_forward of the same inputs.
+ */
+static void test_failure_isolated(void)
+{
+    char dir[1024];
+    sw_load_opts_t as_stored = SW_LOAD_OPTS_DEFAULT;
+    sess_t ss[3];
+    sw_server_stats_t s0, s1;
+    sw_span_t *sp = NULL;
+    float *x[3], *want = NULL;
+    int L, three = 3, ok = 1;
+    replies_t w = { ss, 3, 1 };
+
+    snprintf(dir, sizeof(dir), "%s/tests/fixtures/llama-gqa-llama3", getenv("SW_SOURCE_ROOT"));
+    SW_CHECK_OK(sw_model_open(dir, &model));
+    H = sw_model_config(model)->hidden_size;
+    V = sw_model_config(model)->vocab_size;
+    L = sw_model_config(model)->num_layers;
+    SW_CHECK_OK(server_open(dir, &as_stored, L));
+    memset(ss, 0, sizeof(ss));
+    sw_server_stats(srv, &s0);
+    sw_server_pause(srv, 1);
+    for (int i = 0; i < 3; i++) {
+        x[i] = sw_test_randv((size_t)2 * H, 300 + (unsigned)i, 1.0f);
+        SW_CHECK_OK(sw_p2p_call_start(conn, "inference", 60000, &s_cbs, &ss[i], &ss[i].call));
+        SW_CHECK_OK(s_send_as(&ss[i], 1, L, x[i], 2, -1, 1, i == 1));
+    }
+    SW_CHECK(run_until(queued_is, &three, WAIT_MS));
+    sw_server_pause(srv, 0);
+    SW_CHECK(run_until(all_replied, &w, WAIT_MS));
+    sw_server_stats(srv, &s1);
+    SW_CHECKF(ss[1].ended && ss[1].end_status < 0 && strstr(ss[1].error, "absmax"),
+              "the spoiled step: ended %d, status %d, '%s'", ss[1].ended, ss[1].end_status,
+              ss[1].error);
+    SW_CHECK(s1.steps - s0.steps == 3 && s1.batched_passes - s0.batched_passes == 1 &&
+             s1.batched_steps - s0.batched_steps == 2);
+    /* the good ones: the bits of the same inputs alone, in-process */
+    SW_CHECK_OK(sw_span_load(model, 0, L, NULL, &sp));
+    want = sw_malloc((size_t)2 * H * sizeof(float));
+    for (int i = 0; i < 3 && ok; i += 2) {
+        sw_kv_t *kv = NULL;
+        float *got = sw_malloc((size_t)2 * H * sizeof(float));
+        memcpy(want, x[i], (size_t)2 * H * sizeof(float));
+        ok = sw_kv_create(sp, 1, MAXLEN, &kv) == 0 &&
+             sw_span_forward(sp, kv, &sw_ops_cpu, want, 1, 2) == 0 &&
+             s_reply(&ss[i], 2, got) == 0 && memcmp(got, want, (size_t)2 * H * sizeof(float)) == 0;
+        if (!ok)
+            fprintf(stderr, "  session %d: reply differs from in-process alone\n", i);
+        sw_kv_free(kv);
+        sw_free(got);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (ss[i].call && !ss[i].done)
+            sw_p2p_call_end(ss[i].call, 0, NULL);
+        run_until(flag_set, &ss[i].done, WAIT_MS);
+        if (ss[i].resp)
+            swarmd__inference_response__free_unpacked(ss[i].resp, NULL);
+        sw_free(ss[i].payload);
+        sw_free(x[i]);
+    }
+    sw_free(want);
+    sw_span_free(sp);
+    server_close();
+    sw_model_close(model);
+    model = NULL;
+    SW_CHECK(ok);
+}
+
 static void on_alarm(int sig)
 {
     static const char msg[] = "test-serve-batch: watchdog expired\n";
@@ -453,6 +539,7 @@ int main(void)
 
     SW_RUN(test_dense);
     SW_RUN(test_nf4);
+    SW_RUN(test_failure_isolated);
 
     server_close();
     uv_loop_close(&loop);
