@@ -80,6 +80,7 @@ typedef struct hop {
     sw_peer_id_t peer;
     char addr[256], name[64];
     double rtt_ms;
+    int max_batch;          /* positions one step may carry (the server's max_batch_tokens) */
     sw_p2p_call_t *call;
     int opened;             /* the first step (which reserves the cache) has been sent */
     uint64_t steps;         /* steps sent */
@@ -207,11 +208,14 @@ static void on_get(int status, const sw_dht_record_t *recs, size_t n, const sw_d
         } else {
             if (m->weights_digest.len == SW_ROUTE_DIGEST_LEN)
                 digest = m->weights_digest.data;
+            size_t idx = 0;
             r = sw_route_add(&c->table, &peer, m->address ? m->address : "",
                              m->public_name ? m->public_name : "", (int)m->start_block,
                              (int)m->end_block, m->state == SWARMD__SERVER_INFO__STATE__ONLINE,
                              m->throughput, m->inference_rps, m->cache_tokens_left, g->block,
-                             digest, NULL);
+                             digest, &idx);
+            if (r == 0)
+                c->table.srv[idx].max_batch_tokens = m->max_batch_tokens;
             if (r < 0)
                 SW_LOG_D("client", "record of block %d ignored: %s", g->block, sw_err_detail());
         }
@@ -629,8 +633,11 @@ static hop_t *hop_new(swarm_session_t *s, const sw_route_server_t *srv, int star
         snprintf(h->addr, sizeof(h->addr), "%s", srv->addr);
         snprintf(h->name, sizeof(h->name), "%s", srv->name);
         h->rtt_ms = srv->rtt_ms;
+        h->max_batch = srv->max_batch_tokens > 0 && srv->max_batch_tokens < REPLAY_CHUNK
+                           ? (int)srv->max_batch_tokens : REPLAY_CHUNK;
     } else {
         h->local = 1;
+        h->max_batch = REPLAY_CHUNK;
     }
     return h;
 }
@@ -1007,8 +1014,9 @@ static int replace_hop(swarm_session_t *s, int k)
         if ((r = session_reserve(s, (int)rows)) < 0)
             goto out;
         for (i = 0; i < n; i++) {
-            for (size_t p = 0; p < len; p += rows) {
-                int T = (int)(len - p < rows ? len - p : rows);
+            size_t step = rows < (size_t)nh[i]->max_batch ? rows : (size_t)nh[i]->max_batch;
+            for (size_t p = 0; p < len; p += step) {
+                int T = (int)(len - p < step ? len - p : step);
                 if ((r = hop_step(nh[i], in + p * H, T, out)) < 0) {
                     char d[400];
                     hop_describe(nh[i], d, sizeof(d));
@@ -1093,9 +1101,12 @@ int swarm_session_step_hidden(swarm_session_t *s, float *x, int T)
     if (T > s->max_length - s->pos)
         return sw_err(SW_ELIMIT, "%d more positions exceed the session's %d (%d used); open the "
                       "session with a larger max_length", T, s->max_length, s->pos);
-    /* long prompts go in chunks: each server takes max_batch_tokens per step */
-    for (int p = 0; p < T; p += REPLAY_CHUNK) {
-        int n = T - p < REPLAY_CHUNK ? T - p : REPLAY_CHUNK;
+    /* long prompts go in chunks: each server takes at most its max_batch_tokens per step */
+    for (int p = 0, n; p < T; p += n) {
+        n = T - p;
+        for (int k = 0; k < s->nhops; k++)
+            if (n > s->hops[k]->max_batch)
+                n = s->hops[k]->max_batch;
         if ((r = step_chunk(s, x + (size_t)p * s->c->H, n)) < 0)
             return r;
     }
@@ -1465,10 +1476,10 @@ static void call_failed(swarm_client_t *c, const sw_route_server_t *srv, const c
 }
 
 /* The next hop from block i towards b on a throughput-weighted random choice. */
-static int random_hop(swarm_client_t *c, int i, int b, sw_route_hop_t *h)
+static int random_hop(swarm_client_t *c, int i, int b, uint64_t batch_tokens, sw_route_hop_t *h)
 {
     sw_route_hop_t hops[MAX_HOPS];
-    int n = sw_route_random(&c->table, i, b, now_ms(), &c->rng, hops, MAX_HOPS);
+    int n = sw_route_random(&c->table, i, b, batch_tokens, now_ms(), &c->rng, hops, MAX_HOPS);
 
     if (n < 0)
         return n;
@@ -1490,7 +1501,7 @@ int swarm_client_forward(swarm_client_t *c, int a, int b, float *x, int B, int T
     for (int i = a; i < b;) {
         sw_route_hop_t h;
         float *save = NULL;
-        if ((r = random_hop(c, i, b, &h)) == 0) {
+        if ((r = random_hop(c, i, b, (uint64_t)B * T, &h)) == 0) {
             const sw_route_server_t *srv = &c->table.srv[h.server]; /* no refresh until we are done with it */
             if (!(save = sw_malloc((size_t)B * T * c->H * sizeof(float))))
                 return -ENOMEM;
@@ -1504,9 +1515,12 @@ int swarm_client_forward(swarm_client_t *c, int a, int b, float *x, int B, int T
             sw_free(save);
             call_failed(c, srv, "forward", h.start, h.end);
         }
-        if (r == -ENOMEM || ++failures > c->max_failures)
+        if (r == -ENOMEM || ++failures > c->max_failures) {
+            char why[512];
+            snprintf(why, sizeof(why), "%s", sw_err_detail());
             return sw_err(r == -ENOMEM ? r : -EHOSTUNREACH, "forward of blocks %d:%d: gave up after %u "
-                          "failures (%s)", i, b, failures - 1, sw_err_detail());
+                          "failures (last: %s)", i, b, failures - 1, why);
+        }
         sleep_ms(c, backoff_ms(failures));
         if ((r = fresh_table(c, 1)) < 0)
             return r;
@@ -1529,7 +1543,7 @@ static int backward_span(swarm_client_t *c, int a, int b, const float *x, float 
     int nh = 0, r = 0;
 
     for (int i = a; i < b;) { /* the chain, one random hop at a time */
-        if ((r = random_hop(c, i, b, &hops[nh])) < 0)
+        if ((r = random_hop(c, i, b, (uint64_t)B * T, &hops[nh])) < 0)
             return r;
         i = hops[nh++].end;
     }
@@ -1586,8 +1600,11 @@ int swarm_client_backward(swarm_client_t *c, int a, int b, const float *x, float
         return sw_err(-EINVAL, "backward over blocks %d:%d of %d with B %d, T %d", a, b, c->L, B, T);
     if ((r = fresh_table(c, 0)) < 0)
         return r;
-    if ((r = backward_span(c, a, b, x, grad, B, T, &failures)) < 0 && failures > c->max_failures)
-        return sw_err(-EHOSTUNREACH, "backward of blocks %d:%d: gave up after %u failures (%s)", a, b,
-                      c->max_failures, sw_err_detail());
+    if ((r = backward_span(c, a, b, x, grad, B, T, &failures)) < 0 && failures > c->max_failures) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", sw_err_detail());
+        return sw_err(-EHOSTUNREACH, "backward of blocks %d:%d: gave up after %u failures (last: %s)", a,
+                      b, c->max_failures, why);
+    }
     return r;
 }

@@ -315,8 +315,14 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t now_ms, uint64_t *rng,
-                    sw_route_hop_t *hops, int cap)
+/* Takes calls of batch_tokens positions (max_batch_tokens 0: unknown, assumed enough). */
+static int takes(const sw_route_server_t *s, uint64_t batch_tokens)
+{
+    return s->max_batch_tokens == 0 || batch_tokens <= s->max_batch_tokens;
+}
+
+int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t batch_tokens, uint64_t now_ms,
+                    uint64_t *rng, sw_route_hop_t *hops, int cap)
 {
     int nh = 0;
 
@@ -327,7 +333,7 @@ int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t now_ms, ui
         size_t chosen = t->n;
         for (size_t k = 0; k < t->n; k++) {
             const sw_route_server_t *s = &t->srv[k];
-            if (usable(t, s, now_ms) && s->start <= i && i < s->end)
+            if (usable(t, s, now_ms) && takes(s, batch_tokens) && s->start <= i && i < s->end)
                 total += s->throughput > 0 ? s->throughput : 1e-9;
         }
         if (total <= 0)
@@ -335,7 +341,7 @@ int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t now_ms, ui
         pick = (double)(splitmix64(rng) >> 11) * 0x1.0p-53 * total;
         for (size_t k = 0; k < t->n; k++) {
             const sw_route_server_t *s = &t->srv[k];
-            if (!usable(t, s, now_ms) || s->start > i || i >= s->end)
+            if (!usable(t, s, now_ms) || !takes(s, batch_tokens) || s->start > i || i >= s->end)
                 continue;
             chosen = k;
             pick -= s->throughput > 0 ? s->throughput : 1e-9;

@@ -47,6 +47,7 @@ typedef struct {
     double throughput;    /* tokens/s the server adds to each block of its span (Petals' rule) */
     double inference_rps; /* decode steps/s through one block (<= 0: unknown) */
     uint64_t cache_left;  /* cache tokens a new session may still reserve */
+    uint32_t max_batch_tokens; /* most B x T of one step it takes (0: unknown) */
     double rtt_ms;        /* measured by the client; < 0: unknown */
     /* per block of the span: the announced weights digest; have_digest[k] = 0 when none came */
     uint8_t (*digest)[SW_ROUTE_DIGEST_LEN];
@@ -111,10 +112,11 @@ int sw_route_chain(const sw_route_table_t *t, int a, int b, uint64_t cache_token
 double sw_route_hop_cost(const sw_route_table_t *t, const sw_route_hop_t *h, uint64_t cache_tokens);
 
 /*
- * A throughput-weighted random chain over [a, b) (forward/backward). *rng is a splitmix64 state.
- * Errors as sw_route_chain.
+ * A throughput-weighted random chain over [a, b) (forward/backward) for calls of batch_tokens
+ * (B x T) each: servers that announce a smaller max_batch_tokens are not used. *rng is a
+ * splitmix64 state. Errors as sw_route_chain.
  */
-int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t now_ms, uint64_t *rng,
-                    sw_route_hop_t *hops, int cap);
+int sw_route_random(const sw_route_table_t *t, int a, int b, uint64_t batch_tokens, uint64_t now_ms,
+                    uint64_t *rng, sw_route_hop_t *hops, int cap);
 
 #endif

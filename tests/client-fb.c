@@ -1,7 +1,7 @@
 /*
  * client-fb.c - swarm_client_forward / swarm_client_backward against a running swarm (started by
  * tests/test-generate.sh): `client-fb MODEL_DIR MODEL_NAME BOOTSTRAP_ADDR ROUNDS`. Each round draws
- * fresh inputs x (B = 2, T = 5) and an output gradient r, and checks, with --compress none:
+ * fresh inputs x (B = 2, T = 2) and an output gradient r, and checks, with --compress none:
  *   - swarm forward of blocks 0:L == the in-process span forward (sw_span_forward, fresh cache)
  *     within 1e-5 rel-L2 (chains differ between rounds: routes are drawn at random);
  *   - swarm backward == sw_span_backward of the whole span within 1e-5 rel-L2;
@@ -40,7 +40,7 @@ static float frand(void)
 
 static void test_forward_backward(void)
 {
-    const int B = 2, T = 5;
+    const int B = 2, T = 2; /* 4 positions: server b takes at most 4 */
     swarm_client_opts_t o = { 0 };
     const char *peers[1] = { boot };
     swarm_client_t *c = NULL;

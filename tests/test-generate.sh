@@ -109,7 +109,7 @@ done
 # shellcheck disable=SC2154
 start_server a 0:2 --listen "127.0.0.1:$port_a" --announce "127.0.0.1:$proxy_a"
 # shellcheck disable=SC2154
-start_server b 2:3 --listen "127.0.0.1:$port_b" --announce "127.0.0.1:$proxy_b"
+start_server b 2:3 --listen "127.0.0.1:$port_b" --announce "127.0.0.1:$proxy_b" --max-batch-tokens 4
 # shellcheck disable=SC2154
 start_server c 3:4 --listen "127.0.0.1:$port_c" --announce "127.0.0.1:$proxy_c"
 for n in a b c; do serving $n || { bad "$n serving"; finish; }; done

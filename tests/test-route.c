@@ -225,7 +225,7 @@ static void test_random_weighted(void)
     SW_CHECK_OK(add(&t, 2, 0, 2, 30, 1, 1000, NULL));
     SW_CHECK_OK(add(&t, 3, 2, 4, 60, 1, 1000, NULL));
     for (int i = 0; i < N; i++) {
-        int n = sw_route_random(&t, 0, 4, 0, &rng, h, 8);
+        int n = sw_route_random(&t, 0, 4, 1, 0, &rng, h, 8);
         SW_CHECK(n >= 1 && h[0].start == 0 && h[n - 1].end == 4);
         count[h[0].server]++;
     }
@@ -233,6 +233,14 @@ static void test_random_weighted(void)
     SW_CHECKF(fabs(count[0] / (double)N - 0.25) < 0.0125, "%d", count[0]);
     SW_CHECKF(fabs(count[1] / (double)N - 0.75) < 0.0125, "%d", count[1]);
     SW_CHECK(count[2] == 0);
+    /* calls bigger than server 1's max_batch_tokens go to server 0 only */
+    t.srv[1].max_batch_tokens = 16;
+    for (int i = 0; i < 100; i++) {
+        SW_CHECK(sw_route_random(&t, 0, 4, 17, 0, &rng, h, 8) == 1 && h[0].server == 0);
+        SW_CHECK(sw_route_random(&t, 0, 4, 16, 0, &rng, h, 8) >= 1);
+    }
+    t.srv[0].max_batch_tokens = 8;
+    SW_CHECK(sw_route_random(&t, 0, 4, 17, 0, &rng, h, 8) == SW_ESTATE);
     sw_route_table_free(&t);
 }
 
