@@ -15,6 +15,15 @@
  * once those puts are answered and the steps in flight are done). Without either option it serves
  * without announcing and says so.
  *
+ * The DHT keeps its routing table in a file (--table, default beside the identity file as for
+ * `swarmd dht serve`), read at start and written every minute and at exit: a restarted server
+ * finds the swarm through its saved contacts even when its initial peers are gone (the start-up
+ * read of --serve-layers auto asks them too). Before the first announcement the DHT asks peers to
+ * connect back to the announced address (p2p/dht.h, "Reachability"); when none can, clients could
+ * not reach the server either, so it announces nothing and exits 1 with what to do, as Petals
+ * refuses an unreachable server (--no-reachability-check skips the check). Later periodic checks
+ * only switch the DHT node between client and full mode, which the DHT logs.
+ *
  * Throughput (Petals' server/throughput.py): forward and decode tokens/s through one block are
  * measured at start-up on the real device and format and cached per device/model/format
  * (daemon/throughput.h); --throughput eval re-measures, --throughput N announces N. The announced
@@ -124,6 +133,15 @@ static void serve_usage(FILE *f)
             "                           announce itself: only peers given its address can use it)\n"
             "  --announce HOST:PORT     the address peers reach this server at (default: --listen;\n"
             "                           for 0.0.0.0 the first non-loopback IPv4 address)\n"
+            "  --no-reachability-check  announce without first asking peers to connect back to\n"
+            "                           the announced address (by default a server none of them\n"
+            "                           can reach announces nothing and exits 1: clients could not\n"
+            "                           reach it either)\n"
+            "  --table PATH             the DHT routing table, read at start so that a restarted\n"
+            "                           server finds the swarm through its saved contacts even when\n"
+            "                           the initial peers are gone, written every minute and at\n"
+            "                           exit (default: beside the identity file, 'dht-table' or\n"
+            "                           IDENTITY.dht-table, as for 'swarmd dht serve')\n"
             "  --refresh S              re-announce every S seconds (default 20)\n"
             "  --expiry S               announcements live S seconds (default 60; more than --refresh)\n"
             "  --model-name NAME        the model's name in the swarm (default: the last part of\n"
@@ -288,6 +306,8 @@ typedef struct {
     int working;
     uint64_t block_cost;       /* bytes per block: weights + attention cache (block_cost()) */
     int move_mode;             /* --move-mode: 0 auto (by free memory), 1 online, 2 offline */
+    int reach_check;           /* refuse to announce when no peer can connect back (default on) */
+    char announced[SW_DHT_ADDR_MAX]; /* HOST:PORT in the DHT and in `address` */
     int port;
     char listen_host[sizeof(((sw_addr_t *)0)->host)];
 } serve_t;
@@ -450,6 +470,26 @@ static void on_refresh(uv_timer_t *t)
         announce(v, SWARMD__SERVER_INFO__STATE__ONLINE);
 }
 
+/*
+ * The reachability check at start-up found that no peer asked could connect to the announced
+ * address: clients could not either. Says so and what to do, announces nothing and stops (exit 1)
+ * the way a signal does, with no grace (no session can have come through the DHT yet).
+ */
+static void refuse_unreachable(serve_t *v)
+{
+    fprintf(stderr, "swarmd serve: no peer could connect back to %s, so clients cannot reach this server "
+                    "there: open TCP port %d to inbound connections (forward it on your router or NAT) or pass "
+                    "--announce HOST:PORT with an address others can reach (--no-reachability-check announces "
+                    "anyway); not announcing, exiting\n", v->announced, v->port);
+    v->exit_rc = 1;
+    v->stopping = 1;
+    uv_timer_stop(&v->refresh);
+    uv_timer_stop(&v->rebalance);
+    if (v->srv)
+        sw_server_drain(v->srv, 0, drained, v);
+    maybe_close_node(v);
+}
+
 static void on_boot(int status, uint32_t peers, void *arg)
 {
     serve_t *v = arg;
@@ -458,6 +498,10 @@ static void on_boot(int status, uint32_t peers, void *arg)
         return;
     SW_LOG_I("serve", "DHT: %u initial peers answered (%s), %zu contacts", peers,
              status < 0 ? sw_strerror(status) : "ok", sw_dht_table_peers(v->dht, NULL, 0));
+    if (v->reach_check && sw_dht_reachability(v->dht) == SW_DHT_REACH_NO) {
+        refuse_unreachable(v);
+        return;
+    }
     announce(v, SWARMD__SERVER_INFO__STATE__JOINING);
     uv_timer_start(&v->refresh, on_refresh, v->refresh_ms, v->refresh_ms);
 }
@@ -1068,7 +1112,8 @@ static void pick_on_boot(int status, uint32_t peers, void *arg)
     if (p->closing)
         return;
     if (status < 0 && sw_dht_table_peers(p->dht, NULL, 0) == 0) {
-        fprintf(stderr, "swarmd serve: --serve-layers auto: none of the initial peers answered (%u)\n", peers);
+        fprintf(stderr, "swarmd serve: --serve-layers auto: none of the initial peers (nor any saved contact) "
+                        "answered; check --initial-peers ('swarmd dht ping ADDR')\n");
         pick_finish(p, status);
         return;
     }
@@ -1076,9 +1121,47 @@ static void pick_on_boot(int status, uint32_t peers, void *arg)
         pick_finish(p, r);
 }
 
-/* Sets *start for `n` of `nblocks` blocks from the swarm's records. Returns 0 or a negative errno. */
-static int pick_blocks(const char **peers, size_t npeers, const char *model, int nblocks, int n, int *start)
+#define SAVED_MAX 32
+typedef char saved_addr_t[SW_PEER_ID_TEXT_MAX + SW_DHT_ADDR_MAX];
+
+/*
+ * Reads up to SAVED_MAX contacts of the routing table file at path, closest to self first, into
+ * out as "PEERID@HOST:PORT", for the throwaway DHT client of --serve-layers auto (which must not
+ * write the file). Returns how many; a missing or malformed file gives 0 (sw_dht_new, which
+ * loads it again, says why).
+ */
+static size_t saved_contacts(const char *path, const sw_peer_id_t *self, saved_addr_t *out)
 {
+    sw_dht_table_t *t = sw_calloc(1, sizeof(*t));
+    sw_dht_contact_t *c = sw_calloc(SAVED_MAX, sizeof(*c));
+    sw_dht_id_t me;
+    size_t n = 0;
+
+    if (t && c) {
+        sw_dht_id_of_peer(self, &me);
+        sw_dht_table_init(t, &me, SW_DHT_K);
+        if (sw_dht_table_load(t, path, 0) == 0)
+            n = sw_dht_table_closest(t, &me, c, SAVED_MAX);
+        for (size_t i = 0; i < n; i++) {
+            char text[SW_PEER_ID_TEXT_MAX];
+            sw_peer_id_text(&c[i].peer, text);
+            snprintf(out[i], sizeof(out[i]), "%s@%s", text, c[i].addr);
+        }
+        sw_dht_table_free(t);
+    }
+    sw_free(c);
+    sw_free(t);
+    return n;
+}
+
+/* Sets *start for `n` of `nblocks` blocks from the swarm's records, read through the initial peers
+ * and the contacts saved in table_path (may be NULL). Returns 0 or a negative errno. */
+static int pick_blocks(const char **peers, size_t npeers, const char *table_path, const sw_peer_id_t *self,
+                       const char *model, int nblocks, int n, int *start)
+{
+    const char *addrs[64 + SAVED_MAX];
+    saved_addr_t *saved = NULL;
+    size_t naddrs = 0, nsaved = 0;
     pick_t *p = sw_calloc(1, sizeof(*p));
     sw_dht_opts_t dopt;
     uint8_t key[32];
@@ -1087,6 +1170,16 @@ static int pick_blocks(const char **peers, size_t npeers, const char *model, int
 
     if (!p)
         return -ENOMEM;
+    for (size_t i = 0; i < npeers && i < 64; i++)
+        addrs[naddrs++] = peers[i];
+    if (table_path && (saved = sw_calloc(SAVED_MAX, sizeof(*saved)))) {
+        nsaved = saved_contacts(table_path, self, saved);
+        for (size_t i = 0; i < nsaved; i++)
+            addrs[naddrs++] = saved[i];
+        if (nsaved)
+            SW_LOG_I("serve", "auto: reading the swarm through %zu initial peers and %zu saved contacts (%s)",
+                     npeers, nsaved, table_path);
+    }
     p->rd.model = model;
     p->rd.nblocks = nblocks;
     p->rd.done = pick_read_done;
@@ -1116,7 +1209,7 @@ static int pick_blocks(const char **peers, size_t npeers, const char *model, int
     uv_timer_init(&p->loop, &p->deadline);
     p->deadline.data = p;
     uv_timer_start(&p->deadline, pick_deadline, 60000, 0);
-    if ((r = sw_dht_bootstrap(p->dht, peers, npeers, pick_on_boot, p)) < 0)
+    if ((r = sw_dht_bootstrap(p->dht, addrs, naddrs, pick_on_boot, p)) < 0)
         pick_finish(p, r);
     uv_run(&p->loop, UV_RUN_DEFAULT);
     uv_loop_close(&p->loop);
@@ -1137,6 +1230,7 @@ out:
     sodium_memzero(key, sizeof(key));
     sw_identity_wipe(&p->id);
     sw_free(thr);
+    sw_free(saved);
     sw_free(p);
     return r;
 }
@@ -1322,10 +1416,13 @@ int sw_cmd_serve(int argc, char **argv)
         { "refresh", required_argument, NULL, 'F' },
         { "expiry", required_argument, NULL, 'E' },
         { "config", required_argument, NULL, 'C' },
+        { "table", required_argument, NULL, 'K' },
+        { "no-reachability-check", no_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *peers[64], *announce_opt = NULL, *config = NULL, *tput_opt = "auto";
+    const char *peers[64], *announce_opt = NULL, *config = NULL, *tput_opt = "auto", *table_opt = NULL;
+    char table_path[4096] = "";
     int num_blocks = 0, force_eval = 0;
     double sel_delay = 1.0, fixed_tps = 0, mbps = 100, secs;
     char *peers_buf = NULL, model_name[128], **cfg_args = NULL, **av = NULL;
@@ -1353,6 +1450,7 @@ int sw_cmd_serve(int argc, char **argv)
     v->rebalance_ms = 60000;
     v->move_grace_ms = 60000;
     v->exit_rc = 0;
+    v->reach_check = 1;
     /* --config first: its settings go before the command line's, which override them */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
@@ -1472,6 +1570,15 @@ int sw_cmd_serve(int argc, char **argv)
             v->ttl_ms = (uint32_t)(secs * 1000);
             break;
         case 'C': break; /* read above */
+        case 'K':
+            if (!optarg[0] || strlen(optarg) >= sizeof(table_path)) {
+                fprintf(stderr, "swarmd serve: --table wants a file path (at most %zu bytes)\n",
+                        sizeof(table_path) - 1);
+                goto out_free;
+            }
+            table_opt = optarg;
+            break;
+        case 'r': v->reach_check = 0; break;
         case 'a': listen = optarg; break;
         case 'Q':
             if (sw_quant_parse(optarg, &lo.quant) < 0) {
@@ -1599,6 +1706,33 @@ int sw_cmd_serve(int argc, char **argv)
         }
         v->nblocks = mc.num_layers;
     }
+    /* identity and swarm key, as `swarmd id` loads them; the routing table file beside the
+     * identity, named as `swarmd dht serve` names it */
+    if (sw_global_opts.identity) {
+        path = sw_strdup(sw_global_opts.identity);
+        if (!path) {
+            rc = fail("out of memory", -ENOMEM);
+            goto out_free;
+        }
+    } else if ((r = sw_identity_default_path(&path)) < 0) {
+        rc = fail("no identity file", r);
+        goto out_free;
+    }
+    r = sw_identity_load_or_create(path, &id);
+    if (r == 0 && (npeers || new_swarm)) {
+        size_t n = strlen(path);
+        if (table_opt)
+            snprintf(table_path, sizeof(table_path), "%s", table_opt);
+        else if (!sw_global_opts.identity && n >= 8 && strcmp(path + n - 8, "identity") == 0)
+            snprintf(table_path, sizeof(table_path), "%.*sdht-table", (int)(n - 8), path);
+        else if (n + 11 < sizeof(table_path))
+            snprintf(table_path, sizeof(table_path), "%s.dht-table", path);
+    }
+    sw_free(path);
+    if (r < 0) {
+        rc = fail("cannot load the identity", r);
+        goto out_free;
+    }
     if (v->auto_layers) {
         uint64_t w, cc, avail;
         if (num_blocks > v->nblocks) {
@@ -1621,7 +1755,8 @@ int sw_cmd_serve(int argc, char **argv)
         }
         if (new_swarm) {
             v->so.start = 0; /* a new swarm has no records: every block is a gap */
-        } else if ((r = pick_blocks(peers, npeers, v->model_name, v->nblocks, num_blocks, &v->so.start)) < 0) {
+        } else if ((r = pick_blocks(peers, npeers, table_path[0] ? table_path : NULL, &id.id, v->model_name,
+                                    v->nblocks, num_blocks, &v->so.start)) < 0) {
             rc = fail("--serve-layers auto: cannot choose blocks", r);
             goto out_free;
         }
@@ -1634,23 +1769,6 @@ int sw_cmd_serve(int argc, char **argv)
     v->rd.nblocks = v->nblocks;
     v->rd.arg = v;
 
-    /* identity and swarm key, as `swarmd id` loads them */
-    if (sw_global_opts.identity) {
-        path = sw_strdup(sw_global_opts.identity);
-        if (!path) {
-            rc = fail("out of memory", -ENOMEM);
-            goto out_free;
-        }
-    } else if ((r = sw_identity_default_path(&path)) < 0) {
-        rc = fail("no identity file", r);
-        goto out_free;
-    }
-    r = sw_identity_load_or_create(path, &id);
-    sw_free(path);
-    if (r < 0) {
-        rc = fail("cannot load the identity", r);
-        goto out_free;
-    }
     if (sw_global_opts.swarm_key && (r = sw_swarm_key_load(sw_global_opts.swarm_key, key)) < 0) {
         rc = fail("cannot load the swarm key", r);
         goto out_free;
@@ -1726,6 +1844,7 @@ int sw_cmd_serve(int argc, char **argv)
         else
             snprintf(ann, sizeof(ann), "%.100s:%d", addr.host, v->port);
         snprintf(v->address, sizeof(v->address), "%s@%s", pid, ann);
+        snprintf(v->announced, sizeof(v->announced), "%s", ann);
         if (npeers || new_swarm) {
             sw_dht_opts_t dopt;
             uint8_t dkey[32];
@@ -1733,8 +1852,15 @@ int sw_cmd_serve(int argc, char **argv)
             sw_dht_opts_default(&dopt);
             dopt.announce_addr = ann;
             dopt.swarm_key = has_key ? dkey : NULL;
+            dopt.table_path = table_path[0] ? table_path : NULL;
+            dopt.reachability_check = v->reach_check;
             r = sw_dht_new(&v->loop, v->node, &id, &dopt, &v->dht);
             sodium_memzero(dkey, sizeof(dkey));
+            if (r == 0)
+                SW_LOG_I("serve", "DHT: %zu saved contacts from %s; %s", sw_dht_table_peers(v->dht, NULL, 0),
+                         table_path[0] ? table_path : "(no table file)",
+                         v->reach_check ? "peers will be asked to connect back before announcing"
+                                        : "--no-reachability-check: announcing without asking peers to connect back");
             if (r < 0 || (r = sw_dht_bootstrap(v->dht, peers, npeers, on_boot, v)) < 0) {
                 rc = fail("cannot start the DHT", r);
                 uv_close((uv_handle_t *)&v->refresh, NULL);
