@@ -97,9 +97,10 @@ int sw_cuda_fill_f32(sw_cuda_ctx_t *c, float *dst, float v, size_t n);
  * Weights on the device. Dense tensors (F32, F16, BF16) keep their dtype and bytes. NF4 tensors
  * keep the bitsandbytes layout (kernels/quant.h): the packed nibbles, then either the fp32
  * absmax or the nested state (8-bit qabsmax codes, fp32 nested_absmax, the offset), each part
- * 16-byte aligned inside one device region; the device tensor's qs is a host-side sw_qstate_t
- * whose pointers are device pointers (never pass it to the CPU ops). Int8 is SW_EUNSUPPORTED
- * for now.
+ * 16-byte aligned inside one device region. Int8 (LLM.int8()) tensors keep theirs too: the
+ * int8 CB (N, K) row-major, then the fp32 SCB (N), 16-byte aligned; the threshold stays in qs.
+ * A quantized device tensor's qs is a host-side sw_qstate_t whose pointers are device pointers
+ * (never pass it to the CPU ops).
  */
 
 /* Device bytes sw_cuda_tensor_upload_at needs for host (a multiple of 16); 0 if unsupported. */
@@ -123,6 +124,47 @@ void sw_cuda_tensor_free(sw_cuda_ctx_t *c, sw_tensor_t *t);
 /* Free and total bytes of the context's device (cudaMemGetInfo). */
 int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes);
 
+/*
+ * Kernel variants, llm.c style: each kernel family keeps its first (reference) version beside
+ * the newer ones, numbered from 1; variant 0 is the mainline choice (by shape where the family
+ * says so). Tests check every variant against the CPU reference and bench-gpu times them side
+ * by side, so that the fastest can become the mainline. A forced variant that cannot take a
+ * shape makes the op fail with SW_EUNSUPPORTED rather than run something else.
+ *   SW_CUDA_K_NF4_GEMV  NF4 GEMV for M <= 16 (matmul.cu): 1 the reference kernel (code * absmax
+ *                       per weight), 2 absmax factored out of each 32-weight piece + a byte ->
+ *                       2-value table, 3 absmax factored out + nibble addresses by byte
+ *                       permutes into the 16-entry table, 4 as 3 with 8 rows per warp.
+ *   SW_CUDA_K_INT8_BIG  Int8 for M > 16: 1 cuBLAS int8 GEMM (exact int32), 2 our int8 GEMV over
+ *                       chunks of 16 rows. 0: 1 where cuBLAS takes the shape, else 2.
+ *   SW_CUDA_K_ATTENTION 1 one block per query (the first kernel), 2 split-KV decode, 3 fused
+ *                       prefill. 0: by shape (attention.cu, attn_pick).
+ */
+typedef enum {
+    SW_CUDA_K_NF4_GEMV = 0,
+    SW_CUDA_K_INT8_BIG = 1,
+    SW_CUDA_K_ATTENTION = 2,
+    SW_CUDA_K_COUNT
+} sw_cuda_kernel_t;
+
+/* Bytes of the split-KV attention buffer every context allocates. */
+#define SW_CUDA_ATTN_WS_BYTES ((size_t)8 << 20)
+
+/* Forces variant v (0 = mainline) of kernel family k; -EINVAL if there is no such variant. */
+int sw_cuda_ctx_set_variant(sw_cuda_ctx_t *c, sw_cuda_kernel_t k, int v);
+int sw_cuda_ctx_variant(const sw_cuda_ctx_t *c, sw_cuda_kernel_t k);
+/* Number of variants of k, counting 0 (so the numbered ones are 1 .. count - 1). */
+int sw_cuda_variant_count(sw_cuda_kernel_t k);
+/* A short name of variant v of k ("reference", "split-kv", ...); "?" if out of range. */
+const char *sw_cuda_variant_name(sw_cuda_kernel_t k, int v);
+
+/*
+ * Device time of the work queued between the two calls, measured with CUDA events on the
+ * context's stream (no launch gaps of the host counted before the first kernel starts).
+ * sw_cuda_timer_stop synchronizes and puts the seconds in *sec.
+ */
+int sw_cuda_timer_start(sw_cuda_ctx_t *c);
+int sw_cuda_timer_stop(sw_cuda_ctx_t *c, double *sec);
+
 /* ---- ops (device pointers; see kernels/ops.h for the contracts) ---- */
 
 /*
@@ -132,6 +174,12 @@ int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes);
  * accumulation, in either mode; it needs K a multiple of 8 (16-bit), 4 (f32) or 32 (NF4, with a
  * power-of-two blocksize >= 32) and 16-byte aligned x; otherwise, and for larger M, the cuBLAS
  * path of the modes above runs (NF4: dequantized to fp32 in the workspace first).
+ * Int8 (matmul_int8.cu) computes exactly what the CPU reference computes, in either mode: the
+ * outlier columns (|x| >= threshold in any of the M rows) and each row's absmax over the other
+ * columns, x quantized to int8 in the workspace, exact int32 dots with the int8 weight (our
+ * GEMV for M <= 16; cuBLAS's int8 GEMM above, or our GEMV over chunks of 16 rows where cuBLAS
+ * declines the shape), then acc * a * SCB / 127^2 plus the outlier columns in fp32 against
+ * CB * SCB / 127, in the reference's order. Its workspace does not depend on the mode.
  */
 #define SW_CUDA_GEMV_MAX_M 16
 
@@ -143,8 +191,14 @@ int sw_cuda_rmsnorm(sw_cuda_ctx_t *c, float *y, const float *x, const float *w, 
 /* In-place rotate_half RoPE of x (M, nh, HD) at positions pos (M) with inv_freq (HD/2). */
 int sw_cuda_rope(sw_cuda_ctx_t *c, float *x, const int32_t *pos, int M, int nh, int HD,
                  const float *inv_freq, float attn_factor);
-/* Causal (optionally sliding-window) GQA attention; q, out (B, T, NH, HD); k, v (B, NKV,
- * max_T, HD). */
+/*
+ * Causal (optionally sliding-window) GQA attention; q, out (B, T, NH, HD); k, v (B, NKV,
+ * max_T, HD). Three kernels (attention.cu), picked by shape unless a variant is forced
+ * (sw_cuda_ctx_set_variant, SW_CUDA_K_ATTENTION): split-KV (flash-decoding) when few query
+ * rows meet a long cache, a fused flash-attention-style kernel for prefill chunks, and the
+ * first one-block-per-query kernel otherwise. The split-KV partial results go to a buffer the
+ * context allocates when it is made (SW_CUDA_ATTN_WS_BYTES), which bounds the number of splits.
+ */
 int sw_cuda_attention(sw_cuda_ctx_t *c, float *out, const float *q, const float *k,
                       const float *v, int B, int T, int pos0, int max_T, int NH, int NKV, int HD,
                       int window, float scale);

@@ -106,6 +106,12 @@ extern "C" int sw_cuda_ctx_create(int dev, sw_cuda_ctx_t **out)
         SW_CUBLAS_CHECK(c, c->api->set_stream(c->blas, c->stream));
         /* no TF32 unless a call asks for it through its compute type */
         SW_CUBLAS_CHECK(c, c->api->set_math_mode(c->blas, CUBLAS_DEFAULT_MATH));
+        SW_CUDA_CHECK(cudaDeviceGetAttribute(&c->num_sms, cudaDevAttrMultiProcessorCount, dev));
+        SW_CUDA_CHECK(cudaDeviceGetAttribute(&c->smem_optin,
+                                             cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        SW_CUDA_CHECK(cudaMalloc((void **)&c->attn_ws, SW_CUDA_ATTN_WS_BYTES));
+        SW_CUDA_CHECK(cudaEventCreate(&c->ev_start));
+        SW_CUDA_CHECK(cudaEventCreate(&c->ev_stop));
         return 0;
     }();
     if (r < 0) {
@@ -124,6 +130,12 @@ extern "C" void sw_cuda_ctx_free(sw_cuda_ctx_t *c)
         cudaStreamSynchronize(c->stream); /* errors here are reported by whoever queued the work */
     if (c->ws)
         cudaFree(c->ws);
+    if (c->attn_ws)
+        cudaFree(c->attn_ws);
+    if (c->ev_start)
+        cudaEventDestroy(c->ev_start);
+    if (c->ev_stop)
+        cudaEventDestroy(c->ev_stop);
     if (c->blas)
         c->api->destroy(c->blas);
     if (c->stream)
@@ -140,6 +152,62 @@ extern "C" void sw_cuda_ctx_set_matmul_mode(sw_cuda_ctx_t *c, sw_cuda_matmul_mod
 extern "C" sw_cuda_matmul_mode_t sw_cuda_ctx_matmul_mode(const sw_cuda_ctx_t *c)
 {
     return c->mode;
+}
+
+/* ---- kernel variants (backend.h) ---- */
+
+/* Indexed by sw_cuda_kernel_t, in its order. */
+static const char *const variant_names[SW_CUDA_K_COUNT][6] = {
+    { "mainline", "reference", "factored+pair-table", "factored+prmt-nibbles",
+      "factored+prmt-8rows", NULL },                                  /* SW_CUDA_K_NF4_GEMV */
+    { "auto", "cublas-int8", "gemv-chunks", NULL },                   /* SW_CUDA_K_INT8_BIG */
+    { "auto", "reference", "split-kv", "flash-prefill", NULL },       /* SW_CUDA_K_ATTENTION */
+};
+
+extern "C" int sw_cuda_variant_count(sw_cuda_kernel_t k)
+{
+    int n = 0;
+
+    if ((int)k < 0 || k >= SW_CUDA_K_COUNT)
+        return 0;
+    while (n < 6 && variant_names[k][n])
+        n++;
+    return n;
+}
+
+extern "C" const char *sw_cuda_variant_name(sw_cuda_kernel_t k, int v)
+{
+    return v >= 0 && v < sw_cuda_variant_count(k) ? variant_names[k][v] : "?";
+}
+
+extern "C" int sw_cuda_ctx_set_variant(sw_cuda_ctx_t *c, sw_cuda_kernel_t k, int v)
+{
+    if (v < 0 || v >= sw_cuda_variant_count(k))
+        return sw_err(-EINVAL, "CUDA: kernel family %d has no variant %d", (int)k, v);
+    c->variant[k] = v;
+    return 0;
+}
+
+extern "C" int sw_cuda_ctx_variant(const sw_cuda_ctx_t *c, sw_cuda_kernel_t k)
+{
+    return (int)k >= 0 && k < SW_CUDA_K_COUNT ? c->variant[k] : 0;
+}
+
+extern "C" int sw_cuda_timer_start(sw_cuda_ctx_t *c)
+{
+    SW_CUDA_CHECK(cudaEventRecord(c->ev_start, c->stream));
+    return 0;
+}
+
+extern "C" int sw_cuda_timer_stop(sw_cuda_ctx_t *c, double *sec)
+{
+    float ms = 0.0f;
+
+    SW_CUDA_CHECK(cudaEventRecord(c->ev_stop, c->stream));
+    SW_CUDA_CHECK(cudaEventSynchronize(c->ev_stop));
+    SW_CUDA_CHECK(cudaEventElapsedTime(&ms, c->ev_start, c->ev_stop));
+    *sec = 1e-3 * (double)ms;
+    return 0;
 }
 
 extern "C" int sw_cuda_ctx_reserve(sw_cuda_ctx_t *c, size_t bytes)
@@ -259,10 +327,19 @@ static nf4_layout_t nf4_layout(const sw_tensor_t *t)
     return l;
 }
 
+/* Whether host is an Int8 (LLM.int8()) weight the GPU takes: 2-D with its SCB. */
+static bool int8_ok(const sw_tensor_t *host)
+{
+    return host->dtype == SW_DTYPE_I8 && host->ndim == 2 && host->qs && host->qs->scb &&
+           host->shape[0] > 0 && host->shape[1] > 0;
+}
+
 extern "C" size_t sw_cuda_tensor_device_bytes(const sw_tensor_t *host)
 {
     if (host->ndim < 1)
         return 0;
+    if (int8_ok(host)) /* CB, then SCB */
+        return align16(sw_tensor_nbytes(host)) + align16((size_t)host->shape[0] * 4);
     if (host->dtype == SW_DTYPE_NF4 && host->qs && host->qs->blocksize > 0 &&
         (host->qs->absmax || (host->qs->qabsmax && host->qs->nested_absmax &&
                               host->qs->nested_blocksize > 0)))
@@ -313,6 +390,15 @@ extern "C" int sw_cuda_tensor_upload_at(sw_cuda_ctx_t *c, const sw_tensor_t *hos
         if (r < 0)
             return r;
         t.qs = qs_store;
+    } else if (host->dtype == SW_DTYPE_I8) {
+        uint8_t *scb = (uint8_t *)dst + align16(sw_tensor_nbytes(host));
+
+        memset(qs_store, 0, sizeof(*qs_store));
+        qs_store->threshold = host->qs->threshold;
+        qs_store->scb = (const float *)scb;
+        if ((r = sw_cuda_upload(c, scb, host->qs->scb, (size_t)host->shape[0] * 4)) < 0)
+            return r;
+        t.qs = qs_store;
     }
     *out = t;
     return 0;
@@ -328,7 +414,7 @@ extern "C" int sw_cuda_tensor_upload(sw_cuda_ctx_t *c, const sw_tensor_t *host, 
     if (n == 0)
         return sw_err(SW_EUNSUPPORTED, "CUDA: %s weights are not supported on the GPU yet",
                       sw_dtype_name(host->dtype));
-    if (host->dtype == SW_DTYPE_NF4 &&
+    if ((host->dtype == SW_DTYPE_NF4 || host->dtype == SW_DTYPE_I8) &&
         !(qs = (sw_qstate_t *)sw_calloc(1, sizeof(*qs))))
         return -ENOMEM;
     if ((r = sw_cuda_alloc(c, n, &p)) < 0 ||

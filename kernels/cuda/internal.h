@@ -40,7 +40,17 @@ struct sw_cuda_ctx {
     sw_cuda_matmul_mode_t mode;
     void *ws;        /* workspace for matmul conversions */
     size_t ws_bytes;
+    float *attn_ws;  /* SW_CUDA_ATTN_WS_BYTES for split-KV partial results */
+    int num_sms;     /* multiprocessors of dev */
+    int smem_optin;  /* largest dynamic shared memory a block may opt in to, bytes */
+    int variant[SW_CUDA_K_COUNT]; /* forced kernel variants, 0 = mainline */
+    cudaEvent_t ev_start, ev_stop; /* sw_cuda_timer_* */
 };
+
+/* Int8 (LLM.int8()) matmul, matmul_int8.cu; sw_cuda_matmul has checked w's shape and dtype. */
+int sw_cuda_matmul_int8(sw_cuda_ctx_t *c, float *y, const float *x, const sw_tensor_t *w,
+                        const float *bias, int M);
+size_t sw_cuda_int8_workspace_bytes(int M, int64_t N, int64_t K);
 
 /* Logs "file:line: what: message" and records it as the detail of SW_EDEVICE, which it returns. */
 int sw_cuda_fail(const char *file, int line, const char *what, const char *msg);

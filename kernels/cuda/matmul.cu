@@ -401,6 +401,8 @@ extern "C" size_t sw_cuda_matmul_workspace_bytes(sw_cuda_matmul_mode_t mode, sw_
 {
     if (wdt == SW_DTYPE_F32)
         return 0;
+    if (wdt == SW_DTYPE_I8) /* int8 x, scales, outlier list; int32 products above 16 rows */
+        return sw_cuda_int8_workspace_bytes(M, N, K);
     if (wdt == SW_DTYPE_NF4) /* dequantized to fp32 for M > SW_CUDA_GEMV_MAX_M */
         return (size_t)N * (size_t)K * 4;
     if (mode == SW_CUDA_MATMUL_FAST)
@@ -416,9 +418,11 @@ extern "C" int sw_cuda_matmul(sw_cuda_ctx_t *c, float *y, const float *x, const 
     int dt = w->dtype;
     size_t need;
 
-    if (w->ndim != 2 || (w->qs && dt != SW_DTYPE_NF4) || (dt == SW_DTYPE_NF4 && !w->qs))
-        return sw_err(SW_EUNSUPPORTED, "CUDA matmul: needs a dense or NF4 2-d weight");
-    if (dt != SW_DTYPE_F32 && dt != SW_DTYPE_F16 && dt != SW_DTYPE_BF16 && dt != SW_DTYPE_NF4)
+    if (w->ndim != 2 || (w->qs && dt != SW_DTYPE_NF4 && dt != SW_DTYPE_I8) ||
+        ((dt == SW_DTYPE_NF4 || dt == SW_DTYPE_I8) && !w->qs))
+        return sw_err(SW_EUNSUPPORTED, "CUDA matmul: needs a dense, NF4 or Int8 2-d weight");
+    if (dt != SW_DTYPE_F32 && dt != SW_DTYPE_F16 && dt != SW_DTYPE_BF16 && dt != SW_DTYPE_NF4 &&
+        dt != SW_DTYPE_I8)
         return sw_err(SW_EUNSUPPORTED, "CUDA matmul: %s weights are not supported yet",
                       sw_dtype_name(w->dtype));
     N = w->shape[0];
@@ -428,6 +432,8 @@ extern "C" int sw_cuda_matmul(sw_cuda_ctx_t *c, float *y, const float *x, const 
                       (long long)N, (long long)K);
     if (M == 0)
         return 0;
+    if (dt == SW_DTYPE_I8)
+        return sw_cuda_matmul_int8(c, y, x, w, bias, M);
     if (gemv_fits(w, x, M, K))
         return gemv_launch(c, y, x, w, bias, M, (int)N, (int)K);
     need = sw_cuda_matmul_workspace_bytes(c->mode, w->dtype, M, N, K);

@@ -48,6 +48,37 @@ sw_cuda_matmul_mode_t sw_cuda_ctx_matmul_mode(const sw_cuda_ctx_t *c)
     return SW_CUDA_MATMUL_FP32;
 }
 
+int sw_cuda_ctx_set_variant(sw_cuda_ctx_t *c, sw_cuda_kernel_t k, int v)
+{
+    return not_compiled();
+}
+
+int sw_cuda_ctx_variant(const sw_cuda_ctx_t *c, sw_cuda_kernel_t k)
+{
+    return 0;
+}
+
+int sw_cuda_variant_count(sw_cuda_kernel_t k)
+{
+    return 0;
+}
+
+const char *sw_cuda_variant_name(sw_cuda_kernel_t k, int v)
+{
+    return "?";
+}
+
+int sw_cuda_timer_start(sw_cuda_ctx_t *c)
+{
+    return not_compiled();
+}
+
+int sw_cuda_timer_stop(sw_cuda_ctx_t *c, double *sec)
+{
+    *sec = 0.0;
+    return not_compiled();
+}
+
 int sw_cuda_ctx_reserve(sw_cuda_ctx_t *c, size_t bytes)
 {
     return not_compiled();
