@@ -643,7 +643,11 @@ static void old_closed(void *arg)
 static void old_retired(void *arg)
 {
     serve_t *v = arg;
+    int a, b;
 
+    sw_server_span(v->old, &a, &b);
+    SW_LOG_I("serve", "move: the old span %d:%d is retired (its sessions ended or their grace ran out); "
+             "freeing it", a, b);
     sw_p2p_node_unhandle(v->node, v->old);
     sw_server_close(v->old, old_closed, v);
 }
