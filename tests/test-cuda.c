@@ -214,7 +214,7 @@ static void test_gemv(void)
 {
     static const struct { int M, N, K; } shapes[] = {
         { 1, 4096, 4096 }, { 3, 1001, 512 }, { 8, 333, 2048 }, { 16, 2050, 1024 },
-        { 2, 17, 11008 }, { 1, 64, 32 },
+        { 2, 17, 11008 }, { 1, 64, 32 }, { 4, 1003, 4096 }, { 5, 130, 8192 },
         /* fallbacks: M > 16 (dequantize + cuBLAS), K % 32 != 0 (NF4 only) */
         { 17, 300, 256 }, { 4, 200, 336 },
     };
@@ -228,11 +228,19 @@ static void test_gemv(void)
             static const int bs[] = { 64, 64, 256 }, dq[] = { 0, 1, 1 };
             sw_tensor_t q;
             SW_CHECK_OK(sw_quantize_nf4(&dense, bs[v], dq[v], &q));
-            double e = gemv_case(&q, M, (int)(s + v) % 2, ++seed);
-            fprintf(stderr, "  nf4 %s bs %3d  M %2d N %4d K %5d%s rel-L2 %.3g (bar 1e-5)\n",
-                    dq[v] ? "nested" : "plain ", bs[v], M, N, K, (s + v) % 2 ? " +bias" : "      ",
-                    e);
-            SW_CHECKF(e <= 1e-5, "nf4 M %d N %d K %d: rel-L2 %g", M, N, K, e);
+            /* the GEMV path: every numbered variant (backend.h, SW_CUDA_K_NF4_GEMV) */
+            int gemv = M <= SW_CUDA_GEMV_MAX_M && K % 32 == 0;
+            int nvar = gemv ? sw_cuda_variant_count(SW_CUDA_K_NF4_GEMV) : 2;
+            for (int kv = 1; kv < nvar; kv++) {
+                SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, gemv ? kv : 0));
+                double e = gemv_case(&q, M, (int)(s + v) % 2, ++seed);
+                fprintf(stderr, "  nf4 %s bs %3d  M %2d N %4d K %5d%s %-22s rel-L2 %.3g "
+                        "(bar 1e-5)\n", dq[v] ? "nested" : "plain ", bs[v], M, N, K,
+                        (s + v) % 2 ? " +bias" : "      ",
+                        gemv ? sw_cuda_variant_name(SW_CUDA_K_NF4_GEMV, kv) : "cublas", e);
+                SW_CHECKF(e <= 1e-5, "nf4 M %d N %d K %d variant %d: rel-L2 %g", M, N, K, kv, e);
+            }
+            SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, 0));
             sw_qtensor_free(&q);
         }
         if (K % 8 == 0 && M <= SW_CUDA_GEMV_MAX_M) {

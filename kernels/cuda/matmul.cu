@@ -99,9 +99,9 @@ static __device__ __forceinline__ float warp_sum(float v)
  * The end of both GEMV kernels: warp sums, then the block's warps summed in shared memory in a
  * fixed order, and y[m, n0 + r] = sum + bias written for the rows that exist.
  */
-template <int MT>
-static __device__ __forceinline__ void gemv_store(float *__restrict__ y, float (&acc)[MT][GEMV_R],
-                                                  float (&red)[GEMV_WARPS][MT][GEMV_R],
+template <int MT, int R = GEMV_R>
+static __device__ __forceinline__ void gemv_store(float *__restrict__ y, float (&acc)[MT][R],
+                                                  float (&red)[GEMV_WARPS][MT][R],
                                                   const float *__restrict__ bias, int M, int N,
                                                   int n0)
 {
@@ -110,15 +110,15 @@ static __device__ __forceinline__ void gemv_store(float *__restrict__ y, float (
 #pragma unroll
     for (int m = 0; m < MT; m++) {
 #pragma unroll
-        for (int r = 0; r < GEMV_R; r++) {
+        for (int r = 0; r < R; r++) {
             float v = warp_sum(acc[m][r]);
             if (lane == 0)
                 red[warp][m][r] = v;
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < M * GEMV_R; i += blockDim.x) {
-        int m = i / GEMV_R, r = i % GEMV_R;
+    for (int i = threadIdx.x; i < M * R; i += blockDim.x) {
+        int m = i / R, r = i % R;
         float v = 0.0f;
         for (int w = 0; w < GEMV_WARPS; w++)
             v += red[w][m][r];
@@ -291,6 +291,136 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_store<MT>(y, acc, red, bias, M, N, n0);
 }
 
+/*
+ * NF4 GEMV variants 2-4 (backend.h, SW_CUDA_K_NF4_GEMV), written 2026-12-05 and NOT YET RUN
+ * ON A GPU. Same blocks, lanes and loads as nf4_gemv_kernel (variant 1, the reference), with
+ * fewer instructions per weight, which bench-gpu showed to be the limit (NF4 took as long as
+ * bf16 on a quarter of the bytes):
+ *   - the absmax is factored out of each 32-weight piece: p = sum_e x_e * code[q_e], then
+ *     acc += p * absmax; one multiply per piece and row instead of one per weight (the result
+ *     differs from the reference's code * absmax per weight by fp32 rounding only);
+ *   - LUT 2, a byte -> 2-value table: 256 float2 (code[hi], code[lo]) in shared memory, one
+ *     8-byte load per byte (2 weights) after one byte permute. Random bytes spread over 256
+ *     entries meet shared-memory bank conflicts (about 3 wavefronts per load), so this may
+ *     lose to LUT 3 on shared bandwidth; the bench decides;
+ *   - LUT 3, nibble addresses by byte permutes: (wd >> 2) & 0x3c3c3c3c and (wd << 2) &
+ *     0x3c3c3c3c hold the byte offsets of the 8 codes of a word in the 16-entry fp32 table
+ *     (16 banks, never a conflict); one PRMT isolates each offset, which the shared load takes
+ *     as its register operand: about 1.25 integer ops + 1 LDS + M FMAs per weight, against
+ *     about 3 + 1 + 1 + M for the reference;
+ *   - R output rows per block (all 4 warps on the same rows, splitting K): 4, or 8 in
+ *     variant 4 for M <= 4 (twice the weight bytes in flight per lane and half the x loads per
+ *     weight; more rows at larger M would spill the M x R partial sums).
+ * x stays in registers as in variant 1: each lane reads the 32 x values of its piece once per
+ * row of x and uses them for all R rows, so staging x in shared memory would add a copy and no
+ * reuse; packing x as halves would move the result by ~1e-4 rel-L2, over the 1e-5 bar.
+ */
+template <int MT, bool NESTED, int LUT, int R>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    nf4_gemv_fact_kernel(float *__restrict__ y, const float *__restrict__ x, const nf4_args_t a,
+                         const nf4_tables_t tab, const float *__restrict__ bias, int M, int N,
+                         int K)
+{
+    __shared__ __align__(16) float code[16];
+    __shared__ float2 pair[LUT == 2 ? 256 : 1];
+    __shared__ float map[NESTED ? 256 : 1];
+    __shared__ float red[GEMV_WARPS][MT][R];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = blockIdx.x * R;
+    const int G = K / 32;
+    float acc[MT][R];
+
+    for (int i = threadIdx.x; i < 16; i += blockDim.x)
+        code[i] = tab.code[i];
+    if (LUT == 2)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x)
+            pair[i] = make_float2(tab.code[i >> 4], tab.code[i & 15]);
+    if (NESTED)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x)
+            map[i] = tab.map[i];
+    __syncthreads();
+    if (n0 >= N)
+        return;
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[m][r] = 0.0f;
+#pragma unroll 2
+    for (int g = warp * 32 + lane; g < G; g += 32 * GEMV_WARPS) {
+        uint4 u[R];
+        float am[R], p[MT][R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int n = n0 + r < N ? n0 + r : N - 1; /* rows past N: read row N-1, never stored */
+            u[r] = __ldg((const uint4 *)(a.w + (size_t)n * (K / 2)) + g);
+            size_t blk = ((size_t)n * K + (size_t)g * 32) >> a.bs_shift;
+            if (NESTED) {
+                size_t nb = a.nested_shift >= 0 ? blk >> a.nested_shift : blk / a.nested_bs;
+                am[r] = __fadd_rn(__fmul_rn(map[__ldg(a.qabsmax + blk)], __ldg(a.nested + nb)),
+                                  a.offset);
+            } else {
+                am[r] = __ldg(a.absmax + blk);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                p[m][r] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < 4; s++) { /* 8 codes per 32-bit word */
+            float f[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                uint32_t wd = s == 0 ? u[r].x : s == 1 ? u[r].y : s == 2 ? u[r].z : u[r].w;
+                if (LUT == 2) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++) { /* byte j: element 2j high nibble, 2j+1 low */
+                        float2 v = pair[__byte_perm(wd, 0u, 0x4440u | (unsigned)j)];
+                        f[r][2 * j] = v.x;
+                        f[r][2 * j + 1] = v.y;
+                    }
+                } else {
+                    const uint32_t hi = (wd >> 2) & 0x3c3c3c3cu, lo = (wd << 2) & 0x3c3c3c3cu;
+                    const char *cb = (const char *)code;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        f[r][2 * j] =
+                            *(const float *)(cb + __byte_perm(hi, 0u, 0x4440u | (unsigned)j));
+                        f[r][2 * j + 1] =
+                            *(const float *)(cb + __byte_perm(lo, 0u, 0x4440u | (unsigned)j));
+                    }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                if (m < M) {
+                    const float4 *xp =
+                        (const float4 *)(x + (size_t)m * K + (size_t)g * 32 + s * 8);
+                    float4 t0 = __ldg(xp), t1 = __ldg(xp + 1);
+                    const float xv[8] = { t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w };
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            p[m][r] = fmaf(xv[e], f[r][e], p[m][r]);
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[m][r] = fmaf(p[m][r], am[r], acc[m][r]);
+    }
+    gemv_store<MT, R>(y, acc, red, bias, M, N, n0);
+}
+
+/* The mainline NF4 GEMV variant (backend.h). 1, the reference, until bench-gpu has measured the
+ * others on a GPU: make the fastest one that passes test-cuda the mainline. */
+#define NF4_GEMV_MAINLINE 1
+
 static int ilog2_exact(int64_t v)
 {
     int s = 0;
@@ -351,12 +481,41 @@ static int gemv_launch_mt(sw_cuda_ctx_t *c, float *y, const float *x, const sw_t
         a.nested_shift = ilog2_exact(a.nested_bs);
         a.offset = qs->offset;
         a.bs_shift = ilog2_exact(qs->blocksize);
-        if (qs->absmax)
+        int v = c->variant[SW_CUDA_K_NF4_GEMV] ? c->variant[SW_CUDA_K_NF4_GEMV]
+                                                : NF4_GEMV_MAINLINE;
+        bool nested = !qs->absmax;
+        if constexpr (MT <= 4) { /* variant 4: 8 rows per block (more would spill above) */
+            if (v == 4) {
+                dim3 g8((unsigned)((N + 7) / 8));
+                if (nested)
+                    nf4_gemv_fact_kernel<MT, true, 3, 8><<<g8, block, 0, c->stream>>>(
+                        y, x, a, tab, bias, M, N, K);
+                else
+                    nf4_gemv_fact_kernel<MT, false, 3, 8><<<g8, block, 0, c->stream>>>(
+                        y, x, a, tab, bias, M, N, K);
+                break;
+            }
+        }
+        if (v == 3 || v == 4) {
+            if (nested)
+                nf4_gemv_fact_kernel<MT, true, 3, GEMV_R><<<grid, block, 0, c->stream>>>(
+                    y, x, a, tab, bias, M, N, K);
+            else
+                nf4_gemv_fact_kernel<MT, false, 3, GEMV_R><<<grid, block, 0, c->stream>>>(
+                    y, x, a, tab, bias, M, N, K);
+        } else if (v == 2) {
+            if (nested)
+                nf4_gemv_fact_kernel<MT, true, 2, GEMV_R><<<grid, block, 0, c->stream>>>(
+                    y, x, a, tab, bias, M, N, K);
+            else
+                nf4_gemv_fact_kernel<MT, false, 2, GEMV_R><<<grid, block, 0, c->stream>>>(
+                    y, x, a, tab, bias, M, N, K);
+        } else if (nested) {
+            nf4_gemv_kernel<MT, true><<<grid, block, 0, c->stream>>>(y, x, a, tab, bias, M, N, K);
+        } else {
             nf4_gemv_kernel<MT, false><<<grid, block, 0, c->stream>>>(y, x, a, tab, bias, M, N,
                                                                       K);
-        else
-            nf4_gemv_kernel<MT, true><<<grid, block, 0, c->stream>>>(y, x, a, tab, bias, M, N,
-                                                                     K);
+        }
         break;
     }
     }
