@@ -14,15 +14,32 @@
  * continuation's per-step logits (KV cache on the GPU) must match transformers' within 1e-4
  * rel-L2 in FP32 mode, with identical argmax/greedy ids; FAST mode is reported and held to 5e-2.
  *
+ * Kernel families with several variants (backend.h: NF4 GEMV, Int8 above 16 rows, attention)
+ * are checked variant by variant, each against the same reference output.
+ *
  * Part 1b, GEMV (M <= 16, matmul.cu): NF4 weights (plain and nested absmax, blocksizes 64 and
- * 256) and dense bf16/f16/f32 weights on random shapes with tail rows, with and without bias,
- * plus the NF4 fallback paths (M > 16, K not a multiple of 32), against sw_ops_ref on the same
- * host tensor: the GEMV uses the reference's exact dequantized weights and fp32 products, so
- * only the summation order differs: bar 1e-5.
+ * 256; every NF4 GEMV variant) and dense bf16/f16/f32 weights on random shapes with tail rows,
+ * with and without bias, plus the NF4 fallback paths (M > 16, K not a multiple of 32), against
+ * sw_ops_ref on the same host tensor: the GEMV uses the reference's exact dequantized weights
+ * (variants 2-4 factor the absmax out of 32-weight pieces) and fp32 products, so only the
+ * order and rounding of the fp32 sums differ: bar 1e-5.
+ * Part 1c, Int8 (LLM.int8(), matmul_int8.cu): thresholds 0 and 6 with planted outlier
+ * columns, M from 1 to 130 (GEMV; cuBLAS int8 GEMM; GEMV chunks), K % 16 != 0 and K % 4 != 0,
+ * NaN and inf inputs: the GPU computes the reference's exact algorithm (int8 activations,
+ * exact int32 dots, the same fp32 roundings in the same order): bar 1e-6, and the number of
+ * bit-identical outputs is printed (all of them where the host compiler did not contract the
+ * reference's multiply-adds).
+ * Attention: every variant (first kernel, split-KV, fused prefill, and the pick by shape) on
+ * decode over caches up to 30000 positions (hundreds of splits), speculative steps, windows
+ * across split chunks, GQA 1/2/4/8 and MQA, HD 16 to 256, and multi-tile prefill: bar 1e-5.
  * Part 3, the pipeline on the GPU: sw_local_open_on(cuda) for every fixture (spans and head on
  * the device, KV cache in device memory): prompt logits and the greedy steps' logits within
- * 1e-4 of transformers and identical greedy ids; and llama-wide quantized to NF4 on load, on
- * the GPU against the same NF4 model on sw_ops_ref (1e-4, identical greedy ids).
+ * 1e-4 of transformers and identical greedy ids; and llama-wide quantized to NF4 and to Int8
+ * on load, on the GPU against the same model on sw_ops_ref (NF4 1e-4; Int8 1e-3, since a last
+ * ulp elsewhere can move one int8 rounding of the activations), identical greedy ids.
+ *
+ * Cases added 2026-12-05 (Int8, the NF4 variants, the attention variants) were written without
+ * a GPU and have not run yet (docs/GPU.md).
  *
  * Without a GPU (or without the CUDA backend) it prints one skip line and exits 77, which meson
  * counts as skipped. Fixtures are read from $SW_FIXTURES, else $SW_SOURCE_ROOT/tests/fixtures.
@@ -489,6 +506,20 @@ static void test_attention(void)
         { 1, 64, 0, 64, 4, 4, 16, 8 },     /* prefill from 0, MHA, window smaller than a tile */
         { 1, 5, 300, 400, 4, 1, 256, 0 },  /* HD > threads per block, MQA */
         { 2, 3, 500, 700, 2, 1, 64, 300 }, /* window longer than a tile */
+        /* long caches (split-KV picks here), GQA 4 and 8, MHA; windows across split chunks */
+        { 2, 1, 4000, 4096, 32, 8, 128, 0 },
+        { 1, 1, 30000, 32768, 8, 1, 128, 0 },  /* MQA: hundreds of splits + the combine */
+        { 3, 1, 2999, 3000, 32, 32, 128, 0 },  /* MHA (Llama-2-7B), last position of the cache */
+        { 1, 3, 5000, 6000, 16, 2, 64, 1500 }, /* speculative steps, window over several chunks */
+        { 2, 8, 1000, 1100, 64, 8, 128, 0 },   /* 64 rows per KV head (70B-like GQA 8) */
+        { 1, 1, 600, 700, 4, 2, 256, 0 },      /* HD 256 */
+        { 1, 2, 700, 800, 6, 3, 80, 0 },       /* HD 80: not a multiple of 32 */
+        /* prefill (the fused kernel picks here): several row tiles, chunked, windows, GQA */
+        { 1, 200, 0, 256, 8, 2, 128, 0 },
+        { 2, 64, 128, 256, 32, 8, 128, 0 },
+        { 1, 150, 40, 200, 4, 4, 64, 33 },
+        { 1, 100, 0, 100, 4, 1, 256, 0 },
+        { 1, 70, 10, 90, 6, 3, 80, 0 },
     };
 
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -513,13 +544,20 @@ static void test_attention(void)
         SW_CHECK(dq && dk && dv && dout);
         float scale = 1.0f / sqrtf((float)HD);
         sw_ops_ref.attention(ref, q, k, v, B, T, pos0, max_T, NH, NKV, HD, W, scale, scratch);
-        SW_CHECK_OK(sw_cuda_attention(ctx, dout, dq, dk, dv, B, T, pos0, max_T, NH, NKV, HD, W,
-                                      scale));
-        SW_CHECK_OK(sw_cuda_download(ctx, got, dout, nq * 4));
-        double e = rel_err(got, ref, nq);
-        fprintf(stderr, "  attention B %d T %2d pos0 %4d NH %2d NKV %d HD %3d window %3d "
-                "rel-L2 %.3g (bar 1e-5)\n", B, T, pos0, NH, NKV, HD, W, e);
-        SW_CHECKF(e <= 1e-5, "rel-L2 %g", e);
+        /* every variant (0: picked by shape; 1 first kernel; 2 split-KV; 3 fused prefill) */
+        for (int kv = 0; kv < sw_cuda_variant_count(SW_CUDA_K_ATTENTION); kv++) {
+            SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_ATTENTION, kv));
+            SW_CHECK_OK(sw_cuda_fill_f32(ctx, dout, NAN, nq));
+            SW_CHECK_OK(sw_cuda_attention(ctx, dout, dq, dk, dv, B, T, pos0, max_T, NH, NKV, HD,
+                                          W, scale));
+            SW_CHECK_OK(sw_cuda_download(ctx, got, dout, nq * 4));
+            double e = rel_err(got, ref, nq);
+            fprintf(stderr, "  attention B %d T %3d pos0 %5d NH %2d NKV %2d HD %3d window %4d "
+                    "%-13s rel-L2 %.3g (bar 1e-5)\n", B, T, pos0, NH, NKV, HD, W,
+                    sw_cuda_variant_name(SW_CUDA_K_ATTENTION, kv), e);
+            SW_CHECKF(e <= 1e-5, "variant %d: rel-L2 %g", kv, e);
+        }
+        SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_ATTENTION, 0));
         sw_free(q);
         sw_free(k);
         sw_free(v);

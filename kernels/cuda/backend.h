@@ -138,6 +138,8 @@ int sw_cuda_mem_info(sw_cuda_ctx_t *c, size_t *free_bytes, size_t *total_bytes);
  *                       chunks of 16 rows. 0: 1 where cuBLAS takes the shape, else 2.
  *   SW_CUDA_K_ATTENTION 1 one block per query (the first kernel), 2 split-KV decode, 3 fused
  *                       prefill. 0: by shape (attention.cu, attn_pick).
+ * The environment variable SW_CUDA_VARIANT="nf4=3,int8=2,attention=1" sets them in every
+ * context when it is made (for whole-program comparisons without a rebuild).
  */
 typedef enum {
     SW_CUDA_K_NF4_GEMV = 0,

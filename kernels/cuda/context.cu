@@ -12,6 +12,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -85,6 +86,41 @@ static void cublas_load(void)
 /* ------------------------------------------------------------------------------------------ */
 /* context                                                                                     */
 
+/*
+ * SW_CUDA_VARIANT="nf4=3,int8=2,attention=1" forces variants in every new context, so that a
+ * whole program (swarmd, test-cuda's model runs, bench-gpu) can be compared across variants
+ * without a rebuild. A bad entry is logged and skipped.
+ */
+static void variants_from_env(sw_cuda_ctx_t *c)
+{
+    static const char *const fam[SW_CUDA_K_COUNT] = { "nf4", "int8", "attention" };
+    const char *e = getenv("SW_CUDA_VARIANT");
+    char buf[128], *save = NULL;
+
+    if (!e || !*e)
+        return;
+    snprintf(buf, sizeof(buf), "%s", e);
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        int k = -1, v = -1;
+        if (eq) {
+            *eq = '\0';
+            for (int i = 0; i < SW_CUDA_K_COUNT; i++)
+                if (strcmp(tok, fam[i]) == 0)
+                    k = i;
+            v = atoi(eq + 1);
+        }
+        if (k < 0 || v < 0 || v >= sw_cuda_variant_count((sw_cuda_kernel_t)k)) {
+            SW_LOG_W("cuda", "SW_CUDA_VARIANT: ignoring '%s': write FAMILY=N with FAMILY one of "
+                     "nf4, int8, attention and N a variant number (backend.h)", tok);
+            continue;
+        }
+        c->variant[k] = v;
+        SW_LOG_I("cuda", "SW_CUDA_VARIANT: %s kernels use variant %d (%s)", fam[k], v,
+                 sw_cuda_variant_name((sw_cuda_kernel_t)k, v));
+    }
+}
+
 extern "C" int sw_cuda_ctx_create(int dev, sw_cuda_ctx_t **out)
 {
     sw_cuda_ctx_t *c;
@@ -118,6 +154,7 @@ extern "C" int sw_cuda_ctx_create(int dev, sw_cuda_ctx_t **out)
         sw_cuda_ctx_free(c);
         return r;
     }
+    variants_from_env(c);
     *out = c;
     return 0;
 }
