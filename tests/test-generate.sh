@@ -82,7 +82,7 @@ proxy() {
 free_port() { # a port nothing listens on (the server binds it right after)
   local p
   for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range (32768-60999)
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
   done
   return 1
