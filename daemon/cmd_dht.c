@@ -28,6 +28,7 @@
 #include "p2p/dht.h"
 #include "p2p/dht_internal.h"
 #include "p2p/identity.h"
+#include "p2p/probe.h"
 #include "p2p/rpc.h"
 #include "util/alloc.h"
 #include "util/error.h"
@@ -813,6 +814,11 @@ static int run(ctx_t *c)
             else
                 snprintf(c->announce, sizeof(c->announce), "%.100s:%d", host, port);
         }
+    }
+    /* a bootstrap node is where new servers measure their upload (p2p/probe.h) */
+    if (o->sub == SUB_SERVE && (r = sw_p2p_probe_serve(c->node)) < 0) {
+        fail(c, "cannot serve upload probes", r);
+        goto out_node;
     }
     sw_dht_opts_default(&dopt);
     dopt.client_mode = o->client_mode || !o->listen;

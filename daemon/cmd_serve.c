@@ -27,8 +27,11 @@
  * Throughput (Petals' server/throughput.py): forward and decode tokens/s through one block are
  * measured at start-up on the real device and format and cached per device/model/format
  * (daemon/throughput.h); --throughput eval re-measures, --throughput N announces N. The announced
- * figure is min(forward_rps / ((n + 1) / 2), network_rps), network_rps = --network-mbps of 16-bit
- * hidden states (Petals runs a speed test; we take the operator's figure, 100 Mbit/s by default).
+ * figure is min(forward_rps / ((n + 1) / 2), network_rps), network_rps = the uplink's tokens/s of
+ * 16-bit hidden states. The uplink is --network-mbps, else measured after joining: 4 MiB sent to
+ * each of up to 3 initial peers ("p2p.sink", p2p/probe.h), the median kept (Petals runs a speed
+ * test against public servers; peers of the swarm are what matters here), 100 Mbit/s if none
+ * answers.
  *
  * --serve-layers auto: after a random delay (uniform in 0..2*--block-selection-delay, so servers
  * started together pick apart), a throwaway DHT client reads the records of every block, sums the
@@ -65,6 +68,7 @@
 #include "p2p/dht.h"
 #include "p2p/dht_internal.h"
 #include "p2p/identity.h"
+#include "p2p/probe.h"
 #include "p2p/rpc.h"
 #include "pipeline/config.h"
 #include "pipeline/model.h"
@@ -117,7 +121,9 @@ static void serve_usage(FILE *f)
             "  --throughput auto|eval|N tokens/s to announce: auto measures once per device, model\n"
             "                           and format and caches it (default), eval re-measures, N\n"
             "                           announces N without measuring\n"
-            "  --network-mbps N         the uplink in Mbit/s, which bounds the throughput (default 100)\n"
+            "  --network-mbps N         the uplink in Mbit/s, which bounds the throughput (default:\n"
+            "                           measured by sending 4 MiB to up to 3 initial peers after\n"
+            "                           joining, median; 100 when none answers)\n"
             "  --listen HOST:PORT       address to listen on (default 0.0.0.0:31330; port 0: any)\n"
             "  --quant Q                weight format: nf4, int8 or none (default: as stored)\n"
             "  --int8-threshold T       LLM.int8() outlier threshold (default 6.0)\n"
@@ -308,6 +314,13 @@ typedef struct {
     int move_mode;             /* --move-mode: 0 auto (by free memory), 1 online, 2 offline */
     int reach_check;           /* refuse to announce when no peer can connect back (default on) */
     char announced[SW_DHT_ADDR_MAX]; /* HOST:PORT in the DHT and in `address` */
+    /* throughput: --throughput N (0: measured), the uplink (--network-mbps, else measured) */
+    double fixed_tps, mbps;
+    int mbps_given, hidden;
+    const char *const *peers;  /* --initial-peers (upload probes go to them) */
+    size_t npeers;
+    int probes_left, nprobes_ok;
+    double probe_mbps[3];
     int port;
     char listen_host[sizeof(((sw_addr_t *)0)->host)];
 } serve_t;
@@ -490,6 +503,68 @@ static void refuse_unreachable(serve_t *v)
     maybe_close_node(v);
 }
 
+/* The announced throughput (Petals' rule): --throughput N, else min(forward_rps / ((n + 1) / 2),
+ * network_rps) for the n blocks served now, network_rps = tokens of 16-bit hidden states the
+ * uplink carries per second. Called at load, after the uplink is measured and after a move. */
+static void set_tps(serve_t *v)
+{
+    v->network_rps = v->mbps * 1e6 / (16.0 * v->hidden);
+    v->tps = v->fixed_tps > 0 ? v->fixed_tps : v->forward_rps / ((v->end - v->start + 1) / 2.0);
+    if (v->fixed_tps <= 0 && v->tps > v->network_rps)
+        v->tps = v->network_rps;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void joined(serve_t *v)
+{
+    announce(v, SWARMD__SERVER_INFO__STATE__JOINING);
+    uv_timer_start(&v->refresh, on_refresh, v->refresh_ms, v->refresh_ms);
+}
+
+/* One upload probe ended; after the last, the median of the good ones is the uplink. */
+static void on_probe(int status, double mbps, double rtt_ms, void *arg)
+{
+    serve_t *v = arg;
+
+    if (status == 0 && mbps > 0 && v->nprobes_ok < 3)
+        v->probe_mbps[v->nprobes_ok++] = mbps;
+    else
+        SW_LOG_D("serve", "upload probe: %s", sw_strerror(status));
+    (void)rtt_ms;
+    if (--v->probes_left > 0 || v->stopping)
+        return;
+    if (v->nprobes_ok > 0) {
+        qsort(v->probe_mbps, (size_t)v->nprobes_ok, sizeof(double), cmp_double);
+        v->mbps = v->probe_mbps[v->nprobes_ok / 2];
+        set_tps(v);
+        SW_LOG_I("serve", "network: upload measured at %.0f Mbit/s (median of %d peers); announcing %.1f "
+                 "tokens/s (network bound %.1f)", v->mbps, v->nprobes_ok, v->tps, v->network_rps);
+    } else {
+        SW_LOG_I("serve", "network: no peer answered an upload probe; assuming %g Mbit/s "
+                 "(set it with --network-mbps)", v->mbps);
+    }
+    joined(v);
+}
+
+/* Measures the uplink to up to three initial peers (4 MiB each) before the first announcement,
+ * unless --network-mbps gave it; returns 1 if probes are under way (on_probe continues). */
+static int probe_uplink(serve_t *v)
+{
+    if (v->mbps_given || v->fixed_tps > 0)
+        return 0;
+    v->probes_left = 0;
+    v->nprobes_ok = 0;
+    for (size_t i = 0; i < v->npeers && v->probes_left < 3; i++)
+        if (sw_p2p_probe_upload(v->node, v->peers[i], 4u << 20, 5000, on_probe, v) == 0)
+            v->probes_left++;
+    return v->probes_left > 0;
+}
+
 static void on_boot(int status, uint32_t peers, void *arg)
 {
     serve_t *v = arg;
@@ -502,8 +577,8 @@ static void on_boot(int status, uint32_t peers, void *arg)
         refuse_unreachable(v);
         return;
     }
-    announce(v, SWARMD__SERVER_INFO__STATE__JOINING);
-    uv_timer_start(&v->refresh, on_refresh, v->refresh_ms, v->refresh_ms);
+    if (!probe_uplink(v))
+        joined(v);
 }
 
 static void print_serving(serve_t *v)
@@ -673,6 +748,7 @@ static void move_commit(serve_t *v)
     sw_server_span(nw, &a1, &b1);
     v->start = a1;
     v->end = b1;
+    set_tps(v);
     SW_LOG_I("serve", "moved: blocks %d:%d -> %d:%d (new sessions go to the new span; open ones "
              "on the old may finish for %u s)", a0, b0, a1, b1, v->move_grace_ms / 1000);
     print_serving(v);
@@ -785,6 +861,7 @@ static void load_after(uv_work_t *w, int status)
     v->srv = v->loaded;
     v->loaded = NULL;
     sw_server_span(v->srv, &v->start, &v->end);
+    set_tps(v);
     SW_LOG_I("serve", "moved (offline): now blocks %d:%d", v->start, v->end);
     print_serving(v);
     v->drained = 0;
@@ -1528,6 +1605,7 @@ int sw_cmd_serve(int argc, char **argv)
             }
             break;
         case 'W':
+            v->mbps_given = 1;
             if (parse_seconds("--network-mbps", optarg, 0.001, 1e7, &mbps) < 0)
                 goto out_free;
             break;
@@ -1812,19 +1890,24 @@ int sw_cmd_serve(int argc, char **argv)
         }
         v->forward_rps = t.forward_rps;
         v->inference_rps = t.inference_rps;
-        /* tokens of 16-bit hidden states the uplink carries per second (Petals' network_rps) */
-        v->network_rps = mbps * 1e6 / (16.0 * m.hidden_size);
         /* a request uses (n + 1) / 2 of the span's n blocks on average (Petals) */
-        v->tps = fixed_tps > 0 ? fixed_tps : v->forward_rps / ((v->end - v->start + 1) / 2.0);
-        if (fixed_tps <= 0 && v->tps > v->network_rps)
-            v->tps = v->network_rps;
-        SW_LOG_I("serve", "announcing %.1f tokens/s (network bound %.1f at %g Mbit/s)", v->tps,
-                 v->network_rps, mbps);
+        v->fixed_tps = fixed_tps;
+        v->mbps = mbps;
+        v->hidden = (int)m.hidden_size;
+        set_tps(v);
+        SW_LOG_I("serve", "throughput %.1f tokens/s (network bound %.1f at %g Mbit/s%s)", v->tps,
+                 v->network_rps, mbps, v->mbps_given ? ", --network-mbps" : "; the uplink is measured after joining");
     }
     if ((r = sw_server_start(v->srv, &v->loop, v->node)) < 0) {
         rc = fail("cannot start serving", r);
         goto out_srv;
     }
+    if ((r = sw_p2p_probe_serve(v->node)) < 0) { /* peers measure their upload to us */
+        rc = fail("cannot start serving", r);
+        goto out_srv;
+    }
+    v->peers = peers;
+    v->npeers = npeers;
     r = sw_p2p_node_listen(v->node, addr.host, addr.port, &v->port);
     if (r < 0) {
         rc = fail("cannot listen", r);

@@ -15,6 +15,7 @@
 #include "p2p/frame.h"
 #include "p2p/handshake.h"
 #include "p2p/identity.h"
+#include "p2p/probe.h"
 #include "p2p/rpc.h"
 #include "p2p/rpc_internal.h"
 #include "test.h"
@@ -1032,6 +1033,54 @@ static void test_slow_reader(void)
     SW_CHECK(fx_teardown(&f) == 0);
 }
 
+/* ---- upload probes (p2p/probe.h) ---- */
+typedef struct {
+    int done, status;
+    double mbps, rtt;
+} probe_res_t;
+
+static void on_probe(int status, double mbps, double rtt_ms, void *arg)
+{
+    probe_res_t *r = arg;
+
+    r->done = 1;
+    r->status = status;
+    r->mbps = mbps;
+    r->rtt = rtt_ms;
+}
+
+static void test_upload_probe(void)
+{
+    fx_t f;
+    probe_res_t r = { 0 };
+    char addr[400], id[SW_PEER_ID_TEXT_MAX];
+
+    SW_CHECK_OK(fx_nodes(&f, NULL, NULL, NULL, NULL, "127.0.0.1"));
+    sw_peer_id_text(&f.ida.id, id);
+    snprintf(addr, sizeof(addr), "%s@127.0.0.1:%d", id, f.port);
+    /* a has no sink yet: the probe fails with the peer's "no such method" */
+    SW_CHECK_OK(sw_p2p_probe_upload(f.b, addr, 1 << 20, 5000, on_probe, &r));
+    SW_CHECK(run_until(&f.loop, &r.done, WAIT_MS));
+    SW_CHECKF(r.status == -ENOENT, "status %d", r.status);
+    /* with the sink: 4 MiB measured; loopback moves far more than 10 Mbit/s */
+    SW_CHECK_OK(sw_p2p_probe_serve(f.a));
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_p2p_probe_upload(f.b, addr, 4 << 20, 5000, on_probe, &r));
+    SW_CHECK(run_until(&f.loop, &r.done, WAIT_MS));
+    SW_CHECKF(r.status == 0 && r.mbps > 10 && r.rtt >= 0 && r.rtt < 5000, "status %d, %.1f Mbit/s, rtt %.2f ms",
+              r.status, r.mbps, r.rtt);
+    /* sizes out of range are refused before anything is sent */
+    SW_CHECK(sw_p2p_probe_upload(f.b, addr, 0, 5000, on_probe, &r) == -EINVAL);
+    SW_CHECK(sw_p2p_probe_upload(f.b, addr, SW_P2P_SINK_MAX + 1, 5000, on_probe, &r) == -EINVAL);
+    /* nobody there: connection refused */
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_p2p_probe_upload(f.b, "127.0.0.1:1", 1024, 2000, on_probe, &r));
+    SW_CHECK(run_until(&f.loop, &r.done, WAIT_MS));
+    SW_CHECK(r.status < 0);
+    long leaked = fx_teardown(&f);
+    SW_CHECKF(leaked == 0, "%ld allocations leaked", leaked);
+}
+
 static void test_ipv6(void)
 {
     sw_p2p_call_t *k;
@@ -1077,6 +1126,7 @@ int main(void)
     SW_RUN(test_calls_in_flight_enforced);
     SW_RUN(test_deadline_and_cancel);
     SW_RUN(test_slow_reader);
+    SW_RUN(test_upload_probe);
     SW_RUN(test_ipv6);
     return sw_test_summary("test-p2p");
 }

@@ -93,6 +93,10 @@ poll 20 bash -c "! kill -0 $pid_beta 2>/dev/null" || rc=1
 wait "$pid_beta" || rc=$?
 if [ "$rc" -eq 0 ]; then ok "beta exited 0"; else echo "    rc $rc"; bad "beta exited 0"; fi
 if grep -q 'not announcing' "$tmp/alpha.log"; then bad "alpha announces"; else ok "alpha announces"; fi
+# the uplink is measured against the bootstrap node's sink: the announced network_rps is no longer
+# the 100 Mbit/s default's 48828.125 tokens/s of 16-bit hidden size 128
+if status --json && grep -q '"network_rps":' "$tmp/status" && ! grep -q '"network_rps":48828.125' "$tmp/status"; then
+  ok "servers announce their measured uplink"; else bad "servers announce their measured uplink"; fi
 
 # --serve-layers auto: alpha online on 0:2, beta offline: a new server of 2 blocks takes the gap 2:4.
 "$SWARMD" --identity "$tmp/gamma.id" serve --model "$model" --serve-layers auto --num-blocks 2 \
