@@ -181,7 +181,9 @@ int sw_cuda_timer_stop(sw_cuda_ctx_t *c, double *sec);
  * columns, x quantized to int8 in the workspace, exact int32 dots with the int8 weight (our
  * GEMV for M <= 16; cuBLAS's int8 GEMM above, or our GEMV over chunks of 16 rows where cuBLAS
  * declines the shape), then acc * a * SCB / 127^2 plus the outlier columns in fp32 against
- * CB * SCB / 127, in the reference's order. Its workspace does not depend on the mode.
+ * CB * SCB / 127, in the reference's order (on the M > 16 cuBLAS path the outlier columns are
+ * summed by fp32 GEMMs instead, another order, and the call waits once for their count).
+ * Its workspace does not depend on the mode.
  */
 #define SW_CUDA_GEMV_MAX_M 16
 

@@ -29,9 +29,13 @@
  *      threads that store apply the scales and add the outlier columns sequentially (their
  *      count is small in practice: LLM.int8() keeps about 0.1% of the columns).
  *      M > 16: cuBLAS's int8 GEMM (CUDA_R_8I x CUDA_R_8I -> CUDA_R_32I, CUBLAS_COMPUTE_32I,
- *      exact) into the workspace, then an epilogue kernel with the same store; where cuBLAS
- *      declines the shape (it wants K % 4 == 0 and aligned operands), the GEMV over chunks of
- *      16 rows.
+ *      exact) into the workspace; the outlier part as fp32 cuBLAS GEMMs (no TF32) over the
+ *      gathered outlier columns of x and dequantized columns of CB, I8_OL_CHUNK columns per
+ *      pass (across M rows, outlier columns are common: a sequential loop per output would
+ *      cost M * N * count); then an epilogue adds acc * a * SCB / 127^2 and the bias. Only
+ *      the order of the outlier sum differs from the reference here. Where cuBLAS declines
+ *      the int8 shape (it wants K % 4 == 0 and aligned operands), the GEMV over chunks of 16
+ *      rows, which is exact as for M <= 16.
  * NOT YET RUN ON A GPU (written 2026-12-05 without one); tests/test-cuda.c checks it.
  */
 #include <errno.h>
@@ -54,8 +58,11 @@ static size_t al256(size_t n)
 
 /* Byte offsets of the Int8 parts of the workspace. */
 typedef struct {
-    size_t xq, xa, ol, nol, mask, acc, total;
+    size_t xq, xa, ol, nol, mask, acc, xo, wo, total;
 } i8_layout_t;
+
+/* Outlier columns per fp32 GEMM pass of the M > 16 path (bounds its workspace). */
+#define I8_OL_CHUNK 256
 
 static i8_layout_t i8_layout(int M, int64_t N, int64_t K)
 {
@@ -75,6 +82,12 @@ static i8_layout_t i8_layout(int M, int64_t N, int64_t K)
     l.acc = off;
     if (M > SW_CUDA_GEMV_MAX_M)
         off += al256((size_t)M * (size_t)N * 4);
+    l.xo = off;
+    if (M > SW_CUDA_GEMV_MAX_M)
+        off += al256((size_t)M * I8_OL_CHUNK * 4);
+    l.wo = off;
+    if (M > SW_CUDA_GEMV_MAX_M)
+        off += al256((size_t)N * I8_OL_CHUNK * 4);
     l.total = off;
     return l;
 }
@@ -329,23 +342,50 @@ static __global__ void __launch_bounds__(I8_WARPS * 32)
     }
 }
 
-/* After cuBLAS: y (M, N) from the int32 products acc (M, N) row-major. */
+/*
+ * After cuBLAS: y (M, N) = (the outlier columns' fp32 sums already in y when have_ol, else 0)
+ * + acc * a * SCB / 127^2 + bias, with acc (M, N) the int32 products, row-major.
+ */
 static __global__ void i8_epilogue_kernel(float *__restrict__ y, const int32_t *__restrict__ acc,
-                                          const float *__restrict__ x,
-                                          const int8_t *__restrict__ w,
                                           const float *__restrict__ scb,
                                           const float *__restrict__ xa,
-                                          const int32_t *__restrict__ ol,
-                                          const int32_t *__restrict__ nolp,
-                                          const float *__restrict__ bias, int M, int N, int K)
+                                          const float *__restrict__ bias, int M, int N,
+                                          int have_ol)
 {
-    const int nol = *nolp;
     const size_t total = (size_t)M * N;
 
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         int m = (int)(i / (size_t)N), n = (int)(i % (size_t)N);
-        y[i] = i8_finish(acc[i], x, xa, w, scb, ol, nol, bias, m, n, K);
+        float out = have_ol ? y[i] : 0.0f;
+        out = __fadd_rn(out, __fmul_rn(__fmul_rn(__fmul_rn(__int2float_rn(acc[i]), xa[m]),
+                                                 scb[n]), 6.200012e-05f));
+        y[i] = __fadd_rn(out, bias ? bias[n] : 0.0f);
+    }
+}
+
+/*
+ * Outlier columns ol[c0 .. c0 + nc) gathered for one fp32 GEMM pass: xo (M, nc) = x's columns,
+ * wo (N, nc) = CB * SCB / 127 rounded as the reference rounds it.
+ */
+static __global__ void i8_gather_kernel(float *__restrict__ xo, float *__restrict__ wo,
+                                        const float *__restrict__ x,
+                                        const int8_t *__restrict__ w,
+                                        const float *__restrict__ scb,
+                                        const int32_t *__restrict__ ol, int c0, int nc, int M,
+                                        int N, int K)
+{
+    const size_t nx = (size_t)M * nc, total = nx + (size_t)N * nc;
+
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        if (i < nx) {
+            size_t m = i / nc, j = i % nc;
+            xo[i] = x[m * K + ol[c0 + j]];
+        } else {
+            size_t e = i - nx, n = e / nc, j = e % nc;
+            wo[e] = __fdiv_rn(__fmul_rn((float)w[n * K + ol[c0 + j]], scb[n]), 127.0f);
+        }
     }
 }
 
@@ -441,9 +481,33 @@ int sw_cuda_matmul_int8(sw_cuda_ctx_t *c, float *y, const float *x,
                                 CUDA_R_32I, (int)N, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
         if (s == CUBLAS_STATUS_SUCCESS) {
             size_t n = (size_t)M * (size_t)N;
+            int32_t hnol = 0;
+            /* the outlier part as fp32 GEMMs of I8_OL_CHUNK columns at a time into y: the
+             * column count is needed on the host here (one small copy and a wait, on the
+             * prefill path only); the sum's order differs from the reference's sequential one
+             * by fp32 rounding only */
+            SW_CUDA_CHECK(cudaMemcpyAsync(&hnol, nol, sizeof(hnol), cudaMemcpyDeviceToHost,
+                                          c->stream));
+            SW_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+            if (hnol < 0 || hnol > K)
+                return sw_err(SW_EDEVICE, "CUDA matmul: int8 outlier count %d out of range",
+                              (int)hnol);
+            for (int c0 = 0; c0 < hnol; c0 += I8_OL_CHUNK) {
+                const float fone = 1.0f, fbeta = c0 ? 1.0f : 0.0f;
+                int nc = hnol - c0 < I8_OL_CHUNK ? hnol - c0 : I8_OL_CHUNK;
+                float *xo = (float *)(ws + l.xo), *wo = (float *)(ws + l.wo);
+                size_t ng = ((size_t)M + (size_t)N) * (size_t)nc;
+                i8_gather_kernel<<<sw_cuda_grid(ng, 256), 256, 0, c->stream>>>(
+                    xo, wo, x, (const int8_t *)w->data, w->qs->scb, ol, c0, nc, M, (int)N,
+                    (int)K);
+                SW_CUDA_CHECK_LAUNCH();
+                SW_CUBLAS_CHECK(c, c->api->gemm_ex(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, M,
+                                                   nc, &fone, wo, CUDA_R_32F, nc, xo, CUDA_R_32F,
+                                                   nc, &fbeta, y, CUDA_R_32F, (int)N,
+                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
             i8_epilogue_kernel<<<sw_cuda_grid(n, 256), 256, 0, c->stream>>>(
-                y, acc, x, (const int8_t *)w->data, w->qs->scb, xa, ol, nol, bias, M, (int)N,
-                (int)K);
+                y, acc, w->qs->scb, xa, bias, M, (int)N, hnol > 0);
             SW_CUDA_CHECK_LAUNCH();
             return 0;
         }
