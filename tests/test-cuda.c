@@ -1252,11 +1252,37 @@ static void test_local(void)
     }
 }
 
-int main(void)
+/* Names given on the command line select the cases whose names contain one of them. */
+static int filter_argc;
+static char **filter_argv;
+
+static int selected(const char *fn)
+{
+    if (filter_argc < 2)
+        return 1;
+    for (int i = 1; i < filter_argc; i++)
+        if (strstr(fn, filter_argv[i]))
+            return 1;
+    return 0;
+}
+
+#define RUN(fn)                                                                              \
+    do {                                                                                     \
+        if (selected(#fn))                                                                   \
+            SW_RUN(fn);                                                                      \
+    } while (0)
+
+/*
+ *   test-cuda [NAME...]    every case, or those whose names contain one of the NAMEs (e.g.
+ *                          `test-cuda int8 attention` under compute-sanitizer)
+ */
+int main(int argc, char **argv)
 {
     char name[256];
     int r;
 
+    filter_argc = argc;
+    filter_argv = argv;
     if (!sw_cuda_compiled()) {
         printf("test-cuda: skipped: CUDA backend not compiled\n");
         return 77;
@@ -1272,18 +1298,18 @@ int main(void)
         return 1;
     }
     fprintf(stderr, "test-cuda: device 0: %s\n", name);
-    SW_RUN(test_matmul);
-    SW_RUN(test_rmsnorm);
-    SW_RUN(test_rope);
-    SW_RUN(test_attention);
-    SW_RUN(test_kv_append);
-    SW_RUN(test_swiglu_add);
-    SW_RUN(test_embed);
-    SW_RUN(test_errors);
-    SW_RUN(test_gemv);
-    SW_RUN(test_int8);
-    SW_RUN(test_models);
-    SW_RUN(test_local);
+    RUN(test_matmul);
+    RUN(test_rmsnorm);
+    RUN(test_rope);
+    RUN(test_attention);
+    RUN(test_kv_append);
+    RUN(test_swiglu_add);
+    RUN(test_embed);
+    RUN(test_errors);
+    RUN(test_gemv);
+    RUN(test_int8);
+    RUN(test_models);
+    RUN(test_local);
     dev_free_all();
     sw_cuda_ctx_free(ctx);
     return sw_test_summary("test-cuda");
