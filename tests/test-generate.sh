@@ -17,42 +17,11 @@
 #   4. Total loss: the only server of 0:2 SIGKILLed: a clear error naming blocks 0:2, within the
 #      retry budget.
 # Every wait is a bounded poll; all processes are killed on exit.
-set -u
-: "${SWARMD:?}"
-: "${SW_SOURCE_ROOT:?}"
+name=generate
+# shellcheck source=tests/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 linkemu=${1:?usage: test-generate.sh LINKEMU CLIENT_FB}
 client_fb=${2:?usage: test-generate.sh LINKEMU CLIENT_FB}
-pass=0
-fail=0
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-ok() { pass=$((pass + 1)); echo "ok - $1"; }
-bad() {
-  fail=$((fail + 1)); echo "not ok - $1"
-  for f in "$tmp"/gen*.err "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; sed 's/^/    | /' "$f" | tail -12; }; done
-}
-poll() { # poll SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  while [ "$SECONDS" -le "$end" ]; do
-    "$@" && return 0
-    sleep 0.1
-  done
-  return 1
-}
-finish() {
-  echo "generate: $pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
-  exit $?
-}
 
 model="$SW_SOURCE_ROOT/tests/fixtures/llama-gqa-llama3"
 prompt=1,15,300,42,7,99
@@ -78,14 +47,6 @@ proxy() {
   pids+=($!)
   poll 10 test -s "$tmp/$1.port" || return 1
   proxy_port=$(head -1 "$tmp/$1.port")
-}
-free_port() { # a port nothing listens on (the server binds it right after)
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range (32768-60999)
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-  done
-  return 1
 }
 serving() { poll 30 grep -q '^serving blocks' "$tmp/$1.log"; }
 online() { # online SPAN NAME: status shows it

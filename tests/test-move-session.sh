@@ -12,50 +12,11 @@
 #   failover ("failed at position"). A new generation then routes 2:4 through B. SIGTERM: each
 #   server exits 0.
 # Every wait is a bounded poll; every process is killed on exit.
-set -u
-: "${SWARMD:?}"
-: "${SW_SOURCE_ROOT:?}"
+name=move-session
+# shellcheck source=tests/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 linkemu=${1:?usage: test-move-session.sh LINKEMU}
-pass=0
-fail=0
-tmp=$(mktemp -d)
-export SWARMD_CACHE_DIR="$tmp/cache"
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -CONT "$p"; kill -KILL "$p"; done
-  wait
-  [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
 
-ok() { pass=$((pass + 1)); echo "ok - $1"; }
-bad() {
-  fail=$((fail + 1)); echo "not ok - $1"
-  for f in "$tmp"/gen*.err "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; grep -v 'connect failed' "$f" | sed 's/^/    | /' | tail -12; }; done
-}
-poll() { # poll SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  while [ "$SECONDS" -le "$end" ]; do
-    "$@" && return 0
-    sleep 0.1
-  done
-  return 1
-}
-finish() {
-  echo "move-session: $pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
-  exit $?
-}
-free_port() { # a port nothing listens on, below the kernel's ephemeral range (the server binds it next)
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 12000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-  done
-  return 1
-}
 if ! "$SWARMD" status --help >/dev/null 2>&1; then
   echo "move-session: 'swarmd status' is not in this binary's command table; skipped"
   exit 77

@@ -7,41 +7,9 @@
 # each block's weights digest (the same for every server of a block) and device; --device cuda
 # without a GPU and a config file with an unknown key are refused; a good config file applies,
 # with the command line overriding it.
-set -u
-: "${SWARMD:?}"
-: "${SW_SOURCE_ROOT:?}"
-pass=0
-fail=0
-tmp=$(mktemp -d)
-export SWARMD_CACHE_DIR="$tmp/cache" # throughput figures: not the user's ~/.cache
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-ok() { pass=$((pass + 1)); echo "ok - $1"; }
-bad() {
-  fail=$((fail + 1)); echo "not ok - $1"
-  for f in "$tmp/status" "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; sed 's/^/    | /' "$f" | tail -15; }; done
-}
-poll() { # poll SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  while [ "$SECONDS" -le "$end" ]; do
-    "$@" && return 0
-    sleep 0.2
-  done
-  return 1
-}
-finish() {
-  echo "serve-dht: $pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
-  exit $?
-}
+name=serve-dht
+# shellcheck source=tests/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 
 if ! "$SWARMD" status --help >/dev/null 2>&1; then
   echo "serve-dht: 'swarmd status' is not in this binary's command table; skipped"

@@ -11,54 +11,15 @@
 #      online again. The same restart with an empty --table fails with the "nor any saved contact"
 #      error, so the table is what made it work.
 # Every wait is a bounded poll; every process is killed on exit.
-set -u
-: "${SWARMD:?}"
-: "${SW_SOURCE_ROOT:?}"
-pass=0
-fail=0
-tmp=$(mktemp -d)
-export SWARMD_CACHE_DIR="$tmp/cache"
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
+name=serve-reach
+# shellcheck source=tests/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 
-ok() { pass=$((pass + 1)); echo "ok - $1"; }
-bad() {
-  fail=$((fail + 1)); echo "not ok - $1"
-  for f in "$tmp/status" "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; grep -v 'connect failed' "$f" | sed 's/^/    | /' | tail -12; }; done
-}
-poll() { # poll SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  while [ "$SECONDS" -le "$end" ]; do
-    "$@" && return 0
-    sleep 0.2
-  done
-  return 1
-}
-finish() {
-  echo "serve-reach: $pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
-  exit $?
-}
 # waits (bounded) for process $1 to exit; its status in $rc (124: still running, then killed)
 wait_exit() {
   rc=0
   poll "$2" bash -c "! kill -0 $1 2>/dev/null" || { kill -KILL "$1" 2>/dev/null; rc=124; }
   wait "$1" || rc=$?
-}
-free_port() { # a port nothing listens on
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-  done
-  return 1
 }
 if ! "$SWARMD" status --help >/dev/null 2>&1; then
   echo "serve-reach: 'swarmd status' is not in this binary's command table; skipped"

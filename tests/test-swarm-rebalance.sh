@@ -10,41 +10,10 @@
 # one is dropped);
 # SIGTERM to all: each exits 0 (under ASan: no leaks, retired spans freed). Short --refresh,
 # --expiry and --rebalance-period keep it to about 25 s; every wait is a bounded poll.
-set -u
-: "${SWARMD:?}"
-: "${SW_SOURCE_ROOT:?}"
-pass=0
-fail=0
-tmp=$(mktemp -d)
-export SWARMD_CACHE_DIR="$tmp/cache"
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
+name=swarm-rebalance
+# shellcheck source=tests/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 
-ok() { pass=$((pass + 1)); echo "ok - $1"; }
-bad() {
-  fail=$((fail + 1)); echo "not ok - $1"
-  for f in "$tmp/status" "$tmp"/*.log; do [ -s "$f" ] && { echo "    $f:"; grep -v 'connect failed' "$f" | sed 's/^/    | /' | tail -12; }; done
-}
-poll() { # poll SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  while [ "$SECONDS" -le "$end" ]; do
-    "$@" && return 0
-    sleep 0.2
-  done
-  return 1
-}
-finish() {
-  echo "swarm-rebalance: $pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
-  exit $?
-}
 if ! "$SWARMD" status --help >/dev/null 2>&1; then
   echo "swarm-rebalance: 'swarmd status' is not in this binary's command table; skipped"
   exit 77
