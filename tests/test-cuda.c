@@ -376,11 +376,18 @@ static double int8_case(const sw_tensor_t *w, const float *x, const float *bias,
     dy = dev_poisoned(n * 4);
     if (bias)
         db = dev_copy(bias, (size_t)N * 4);
-    if (dx && dy && (db || !bias) &&
-        sw_cuda_ctx_reserve(ctx, sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32, w->dtype, M,
-                                                                N, K)) == 0 &&
-        sw_cuda_matmul(ctx, dy, dx, &dw, db, M) == 0 &&
-        sw_cuda_download(ctx, got, dy, n * 4) == 0) {
+    int r = !(dx && dy && (db || !bias)) ? SW_EDEVICE : 0;
+    if (r == 0)
+        r = sw_cuda_ctx_reserve(ctx, sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32,
+                                                                    w->dtype, M, N, K));
+    if (r == 0)
+        r = sw_cuda_matmul(ctx, dy, dx, &dw, db, M);
+    if (r == 0)
+        r = sw_cuda_download(ctx, got, dy, n * 4);
+    if (r < 0)
+        fprintf(stderr, "  int8 M %d N %lld K %lld: %s: %s\n", M, (long long)N, (long long)K,
+                sw_strerror(r), sw_err_detail());
+    if (r == 0) {
         double num = 0.0, den = 0.0;
         int bad = 0;
         for (size_t i = 0; i < n; i++) {

@@ -163,11 +163,12 @@ static __device__ void i8_build_list(const float *__restrict__ x, int M, int K, 
 
 /*
  * Row m of x: a = absmax over the non-outlier columns (NaN if one of them is not finite) into
- * xa[m], and xq row m. By one block; mask must be complete and visible to it.
+ * xa[m], and xq row m. By one block; mask must be complete and visible to it. mask is neither
+ * const nor __restrict__ on purpose: i8_prep_small_kernel wrote it earlier in the same kernel,
+ * so its loads must not take the read-only (non-coherent) cache path.
  */
-static __device__ void i8_quant_row(const float *__restrict__ x, int K, int m,
-                                    const uint8_t *__restrict__ mask, int8_t *__restrict__ xq,
-                                    float *__restrict__ xa)
+static __device__ void i8_quant_row(const float *__restrict__ x, int K, int m, uint8_t *mask,
+                                    int8_t *__restrict__ xq, float *__restrict__ xa)
 {
     __shared__ float red[32];
     const float *xr = x + (size_t)m * K;
@@ -217,8 +218,7 @@ static __global__ void __launch_bounds__(I8_PREP_THREADS)
 }
 
 static __global__ void __launch_bounds__(256)
-    i8_rows_kernel(const float *__restrict__ x, int K, const uint8_t *__restrict__ mask,
-                   int8_t *xq, float *xa)
+    i8_rows_kernel(const float *__restrict__ x, int K, uint8_t *mask, int8_t *xq, float *xa)
 {
     i8_quant_row(x, K, blockIdx.x, mask, xq, xa);
 }
