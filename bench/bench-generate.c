@@ -34,7 +34,11 @@
  *
  *   bench-generate [--links direct,0/100,10/100,50/100] [--steps N] [--warmup W] [--prompt P]
  *                  [--prefill-reps R] [--big-layers L] [--no-small] [--no-big] [--model DIR]
- *                  [--swarmd PATH] [--linkemu PATH] [--dir DIR] [-v]
+ *                  [--pause-ms MS] [--swarmd PATH] [--linkemu PATH] [--dir DIR] [-v]
+ *
+ * --pause-ms sleeps before every timed decode step (local and swarm), a diagnostic: it shows what
+ * an idle wait costs the compute that follows it, which every server of a chain pays once per
+ * step while the local run pays it once for all blocks.
  *
  * Each row shows the CPU that processes other than this benchmark and its children used while it
  * ran (from /proc/stat and /proc/PID/stat): other work on a small machine moves these figures, so
@@ -96,7 +100,7 @@ typedef struct {
 static struct {
     link_t links[MAX_LINKS];
     int nlinks;
-    int steps, warmup, prompt, prefill_reps, big_layers, small, big, verbose;
+    int steps, warmup, prompt, prefill_reps, big_layers, small, big, verbose, pause_ms;
     const char *model, *swarmd, *linkemu, *base;
 } O = {
     .steps = 32, .warmup = 4, .prompt = 32, .prefill_reps = 3, .big_layers = 3, .small = 1,
@@ -613,7 +617,10 @@ static void measure_pair(runner_t *lu, result_t *lr, runner_t *su, result_t *sr)
     sr->failovers = 0; /* from here on, a failover spoils the figures */
     for (int k = 0; k < O.warmup + O.steps; k++)
         for (int j = 0; j < 2; j++) {
-            double ms = runner_step(u[j], NULL, 0);
+            double ms;
+            if (O.pause_ms)
+                sleep_ms(O.pause_ms);
+            ms = runner_step(u[j], NULL, 0);
             if (k >= O.warmup)
                 u[j]->step[k - O.warmup] = ms;
         }
@@ -890,8 +897,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench-generate [--links direct,0/100,10/100,50/100] [--steps N] [--warmup W]\n"
             "                      [--prompt P] [--prefill-reps R] [--big-layers L] [--no-small]\n"
-            "                      [--no-big] [--model DIR] [--swarmd PATH] [--linkemu PATH]\n"
-            "                      [--dir DIR] [-v]\n"
+            "                      [--no-big] [--model DIR] [--pause-ms MS] [--swarmd PATH]\n"
+            "                      [--linkemu PATH] [--dir DIR] [-v]\n"
             "links: 'direct' (no proxy) or D/R (linkemu: D ms one way, R Mbit/s; R 0: no cap)\n");
     exit(2);
 }
@@ -960,6 +967,7 @@ int main(int argc, char **argv)
         INTOPT("--prompt", prompt, 1, MAX_PROMPT)
         INTOPT("--prefill-reps", prefill_reps, 0, MAX_REPS)
         INTOPT("--big-layers", big_layers, HOPS, 64)
+        INTOPT("--pause-ms", pause_ms, 0, 10000)
 #undef INTOPT
         if (!strcmp(a, "--links") && v) {
             parse_links(v);
