@@ -194,8 +194,13 @@ static void test_matmul(void)
 /* ------------------------------------------------------------------------------------------ */
 /* part 1b: GEMV (M <= SW_CUDA_GEMV_MAX_M) and the NF4 paths                                   */
 
-/* One y = x @ w^T + bias on the GPU against sw_ops_ref on the host tensor w; returns rel-L2. */
-static double gemv_case(const sw_tensor_t *w, int M, int with_bias, unsigned long long seed)
+/*
+ * y = x @ w^T + bias on the GPU against sw_ops_ref on the host tensor w (computed once), for
+ * each of the nv NF4 GEMV variants in vars (0 = the mainline pick): e[i] gets variant vars[i]'s
+ * rel-L2, NaN when a call failed (its error printed). The output is poisoned before each call.
+ */
+static void gemv_case(const sw_tensor_t *w, int M, int with_bias, unsigned long long seed,
+                      const int *vars, int nv, double *e)
 {
     int64_t N = w->shape[0], K = w->shape[1];
     float *x = sw_test_randv((size_t)(M * K), seed, 1.0f);
@@ -203,29 +208,39 @@ static double gemv_case(const sw_tensor_t *w, int M, int with_bias, unsigned lon
     float *ref = host_alloc((size_t)(M * N)), *got = host_alloc((size_t)(M * N));
     float *dx, *dy, *db = NULL;
     sw_tensor_t dw;
-    double e = NAN;
+    int r;
 
+    for (int i = 0; i < nv; i++)
+        e[i] = NAN;
     sw_ops_ref.matmul(ref, x, w, bias, M);
-    if (sw_cuda_tensor_upload(ctx, w, &dw) < 0)
+    if ((r = sw_cuda_tensor_upload(ctx, w, &dw)) < 0)
         goto out;
     dx = dev_copy(x, (size_t)(M * K) * 4);
     dy = dev_poisoned((size_t)(M * N) * 4);
     if (bias)
         db = dev_copy(bias, (size_t)N * 4);
-    if (dx && dy && (db || !bias) &&
-        sw_cuda_ctx_reserve(ctx, sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32, w->dtype, M,
-                                                                N, K)) == 0 &&
-        sw_cuda_matmul(ctx, dy, dx, &dw, db, M) == 0 &&
-        sw_cuda_download(ctx, got, dy, (size_t)(M * N) * 4) == 0)
-        e = rel_err(got, ref, (size_t)(M * N));
+    r = dx && dy && (db || !bias) ? 0 : SW_EDEVICE;
+    if (r == 0)
+        r = sw_cuda_ctx_reserve(ctx, sw_cuda_matmul_workspace_bytes(SW_CUDA_MATMUL_FP32,
+                                                                    w->dtype, M, N, K));
+    for (int i = 0; i < nv && r == 0; i++) {
+        if ((r = sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, vars[i])) == 0 &&
+            (r = sw_cuda_fill_f32(ctx, dy, NAN, (size_t)(M * N))) == 0 &&
+            (r = sw_cuda_matmul(ctx, dy, dx, &dw, db, M)) == 0 &&
+            (r = sw_cuda_download(ctx, got, dy, (size_t)(M * N) * 4)) == 0)
+            e[i] = rel_err(got, ref, (size_t)(M * N));
+    }
+    sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, 0);
     sw_cuda_tensor_free(ctx, &dw);
 out:
+    if (r < 0)
+        fprintf(stderr, "  gemv M %d N %lld K %lld %s: %s: %s\n", M, (long long)N, (long long)K,
+                sw_dtype_name(w->dtype), sw_strerror(r), sw_err_detail());
     dev_free_all();
     sw_free(x);
     sw_free(bias);
     sw_free(ref);
     sw_free(got);
-    return e;
 }
 
 static void test_gemv(void)
@@ -247,25 +262,32 @@ static void test_gemv(void)
             sw_tensor_t q;
             SW_CHECK_OK(sw_quantize_nf4(&dense, bs[v], dq[v], &q));
             /* the GEMV path: every numbered variant (backend.h, SW_CUDA_K_NF4_GEMV) */
-            int gemv = M <= SW_CUDA_GEMV_MAX_M && K % 32 == 0;
-            int nvar = gemv ? sw_cuda_variant_count(SW_CUDA_K_NF4_GEMV) : 2;
-            for (int kv = 1; kv < nvar; kv++) {
-                SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, gemv ? kv : 0));
-                double e = gemv_case(&q, M, (int)(s + v) % 2, ++seed);
+            int gemv = M <= SW_CUDA_GEMV_MAX_M && K % 32 == 0, vars[8], nvar = 0;
+            double e[8];
+            for (int kv = 1; gemv && kv < sw_cuda_variant_count(SW_CUDA_K_NF4_GEMV) && kv < 8;
+                 kv++)
+                vars[nvar++] = kv;
+            if (!gemv)
+                vars[nvar++] = 0;
+            gemv_case(&q, M, (int)(s + v) % 2, ++seed, vars, nvar, e);
+            for (int i = 0; i < nvar; i++) {
                 fprintf(stderr, "  nf4 %s bs %3d  M %2d N %4d K %5d%s %-22s rel-L2 %.3g "
                         "(bar 1e-5)\n", dq[v] ? "nested" : "plain ", bs[v], M, N, K,
                         (s + v) % 2 ? " +bias" : "      ",
-                        gemv ? sw_cuda_variant_name(SW_CUDA_K_NF4_GEMV, kv) : "cublas", e);
-                SW_CHECKF(e <= 1e-5, "nf4 M %d N %d K %d variant %d: rel-L2 %g", M, N, K, kv, e);
+                        gemv ? sw_cuda_variant_name(SW_CUDA_K_NF4_GEMV, vars[i]) : "cublas",
+                        e[i]);
+                SW_CHECKF(e[i] <= 1e-5, "nf4 M %d N %d K %d variant %d: rel-L2 %g", M, N, K,
+                          vars[i], e[i]);
             }
-            SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_NF4_GEMV, 0));
             sw_qtensor_free(&q);
         }
         if (K % 8 == 0 && M <= SW_CUDA_GEMV_MAX_M) {
             for (size_t d = 0; d < 3; d++) {
                 sw_tensor_t w;
                 make_weight(&w, dense_dtypes[d], N, K, ++seed, 1.0f / sqrtf((float)K));
-                double e = gemv_case(&w, M, (int)d % 2, ++seed);
+                const int mainline = 0;
+                double e;
+                gemv_case(&w, M, (int)d % 2, ++seed, &mainline, 1, &e);
                 fprintf(stderr, "  gemv %-4s M %2d N %4d K %5d rel-L2 %.3g (bar 1e-5)\n",
                         sw_dtype_name(dense_dtypes[d]), M, N, K, e);
                 SW_CHECKF(e <= 1e-5, "%s gemv: rel-L2 %g", sw_dtype_name(dense_dtypes[d]), e);
@@ -353,23 +375,22 @@ static void ref_int8(float *y, const float *x, const sw_tensor_t *w, const float
 }
 
 /*
- * One Int8 matmul on the GPU against ref_int8 (= sw_ops_ref.matmul) on the host tensor, with x and bias
- * given; returns rel-L2 over the finite outputs and counts the elements that are bit-identical
+ * One Int8 matmul on the GPU against ref (ref_int8's output, = sw_ops_ref.matmul's) on the
+ * host tensor, with x and bias given; returns rel-L2 over the finite outputs and counts the elements that are bit-identical
  * into *same (non-finite outputs count as identical when both sides are NaN or the same
  * infinity; any other mismatch of finiteness makes the result NaN).
  */
 static double int8_case(const sw_tensor_t *w, const float *x, const float *bias, int M,
-                        size_t *same)
+                        const float *ref, size_t *same)
 {
     int64_t N = w->shape[0], K = w->shape[1];
     size_t n = (size_t)(M * N);
-    float *ref = host_alloc(n), *got = host_alloc(n);
+    float *got = host_alloc(n);
     float *dx, *dy, *db = NULL;
     sw_tensor_t dw;
     double e = NAN;
 
     *same = 0;
-    ref_int8(ref, x, w, bias, M);
     if (sw_cuda_tensor_upload(ctx, w, &dw) < 0)
         goto out;
     dx = dev_copy(x, (size_t)(M * K) * 4);
@@ -406,9 +427,17 @@ static double int8_case(const sw_tensor_t *w, const float *x, const float *bias,
     sw_cuda_tensor_free(ctx, &dw);
 out:
     dev_free_all();
-    sw_free(ref);
     sw_free(got);
     return e;
+}
+
+/* ref_int8 into a new host array (the caller frees it). */
+static float *int8_ref(const sw_tensor_t *w, const float *x, const float *bias, int M)
+{
+    float *ref = host_alloc((size_t)M * (size_t)w->shape[0]);
+
+    ref_int8(ref, x, w, bias, M);
+    return ref;
 }
 
 static void test_int8(void)
@@ -457,6 +486,7 @@ static void test_int8(void)
             float *bias = (s + t) % 2 ? sw_test_randv((size_t)N, ++seed, 0.5f) : NULL;
 
             SW_CHECK_OK(sw_quantize_int8(&dense, thresholds[t], &q));
+            float *ref = int8_ref(&q, x, bias, M);
             /* M > 16: each variant (0 auto, 1 cuBLAS, 2 GEMV chunks); else the GEMV */
             int nv = M > SW_CUDA_GEMV_MAX_M ? sw_cuda_variant_count(SW_CUDA_K_INT8_BIG) : 1;
             for (int v = 0; v < nv; v++) {
@@ -475,7 +505,7 @@ static void test_int8(void)
                     dev_free_all();
                     continue;
                 }
-                e = int8_case(&q, x, bias, M, &same);
+                e = int8_case(&q, x, bias, M, ref, &same);
                 /* the M > 16 cuBLAS path sums the outlier columns by fp32 GEMM, in another
                  * order than the reference: the GEMV bar; else the exact algorithm: 1e-6 */
                 double bar = M > SW_CUDA_GEMV_MAX_M && v != 2 && K % 4 == 0 ? 1e-5 : 1e-6;
@@ -490,6 +520,7 @@ static void test_int8(void)
             sw_qtensor_free(&q);
             sw_free(x);
             sw_free(bias);
+            sw_free(ref);
         }
         sw_tensor_free(&dense);
     }
@@ -506,7 +537,9 @@ static void test_int8(void)
         x[(size_t)2 * K + 20] = INFINITY;
         make_weight(&dense, SW_DTYPE_F32, N, K, 778 + big, 0.1f);
         SW_CHECK_OK(sw_quantize_int8(&dense, 6.0f, &q));
-        double e = int8_case(&q, x, NULL, M, &same), bar = big ? 1e-5 : 1e-6;
+        float *ref = int8_ref(&q, x, NULL, M);
+        double e = int8_case(&q, x, NULL, M, ref, &same), bar = big ? 1e-5 : 1e-6;
+        sw_free(ref);
         fprintf(stderr, "  int8 with NaN and inf inputs, M %d: rel-L2 of the finite outputs %.3g "
                 "(bar %g), bit-identical %zu of %d\n", M, e, bar, same, M * N);
         SW_CHECKF(e <= bar, "int8 non-finite inputs: %g", e);
@@ -526,9 +559,10 @@ static void test_int8(void)
 
         make_weight(&dense, SW_DTYPE_F32, N, K, 883 + heavy, 1.0f / sqrtf((float)K));
         SW_CHECK_OK(sw_quantize_int8(&dense, 6.0f, &q));
+        float *ref = int8_ref(&q, x, bias, M);
         for (int v = 0; v < sw_cuda_variant_count(SW_CUDA_K_INT8_BIG); v++) {
             SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_INT8_BIG, v));
-            double e = int8_case(&q, x, bias, M, &same);
+            double e = int8_case(&q, x, bias, M, ref, &same);
             double bar = v == 2 ? 1e-6 : 1e-5;
             fprintf(stderr, "  int8 thr 6, %s outliers, M %d N %d K %d %-12s rel-L2 %.3g "
                     "(bar %g), bit-identical %zu of %d\n", heavy ? "nearly all columns" :
@@ -538,6 +572,7 @@ static void test_int8(void)
         }
         SW_CHECK_OK(sw_cuda_ctx_set_variant(ctx, SW_CUDA_K_INT8_BIG, 0));
         sw_free(bias);
+        sw_free(ref);
         sw_qtensor_free(&q);
         sw_tensor_free(&dense);
         sw_free(x);
