@@ -816,6 +816,10 @@ static double link_rtt_ms(const link_t *ln, size_t bytes, int n)
                 _exit(1);
         _exit(0);
     }
+    if (nchildren == MAX_CHILDREN) {
+        kill(echo, SIGKILL);
+        die("too many child processes");
+    }
     children[nchildren++] = echo;
     close(lfd);
     if (!ln->direct) {
