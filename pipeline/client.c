@@ -87,7 +87,7 @@ typedef struct hop {
     /* what came back for the step in flight */
     int got, ended, done, end_status, done_status;
     char error[256];
-    uint8_t *body, *payload;
+    uint8_t body[512], *payload; /* a reply's body is a few dozen bytes: kept here, not allocated */
     size_t blen, plen;
     /* every input this hop has taken: (positions, H) */
     float *hist;
@@ -106,6 +106,8 @@ struct swarm_session {
     sw_sampler_t *sampler;
     int32_t pending;       /* the last generated id, not yet fed (-1: none) */
     int32_t *seen;         /* ids of the context (for the repetition penalty) */
+    float *tok_x;          /* embeddings of a token step: (tok_rows, H), grown, then reused */
+    int tok_rows;
     int nseen;
 };
 
@@ -563,9 +565,8 @@ const char *swarm_client_model_name(const swarm_client_t *c) { return c->model_n
 
 static void hop_clear_reply(hop_t *h)
 {
-    sw_free(h->body);
     sw_free(h->payload);
-    h->body = h->payload = NULL;
+    h->payload = NULL;
     h->blen = h->plen = 0;
     h->got = 0;
 }
@@ -575,15 +576,15 @@ static void hop_msg(sw_p2p_call_t *k, sw_p2p_msg_t *m, void *arg)
     hop_t *h = arg;
 
     (void)k;
-    if (h->got) /* a second reply to one step: a protocol fault, noticed by the step */
-        h->got++;
-    else if ((h->body = sw_malloc(m->body_len ? m->body_len : 1))) {
-        memcpy(h->body, m->body, m->body_len);
-        h->blen = m->body_len;
-        h->plen = m->payload_len;
-        h->payload = sw_p2p_msg_take_payload(m);
-        h->got = 1;
+    if (h->got || m->body_len > sizeof(h->body)) { /* a second reply, or a huge body: a protocol */
+        h->got += 2;                                  /* fault, which the step reports */
+        return;
     }
+    memcpy(h->body, m->body, m->body_len);
+    h->blen = m->body_len;
+    h->plen = m->payload_len;
+    h->payload = sw_p2p_msg_take_payload(m);
+    h->got = 1;
 }
 
 static void hop_end(sw_p2p_call_t *k, int status, const char *error, void *arg)
@@ -801,7 +802,8 @@ static int hop_step(hop_t *h, const float *x, int T, float *out)
         goto fail;
     }
     if (h->got > 1) {
-        r = sw_err(SW_EFORMAT, "the server sent %d replies to one step", h->got);
+        r = sw_err(SW_EFORMAT, "the server sent more than one reply to a step, or one of over %zu bytes",
+                   sizeof(h->body));
         goto fail;
     }
     if (!(m = swarmd__inference_response__unpack(NULL, h->blen, h->body))) {
@@ -969,6 +971,7 @@ void swarm_session_close(swarm_session_t *s)
     sw_free(s->out);
     sw_free(s->enc);
     sw_free(s->seen);
+    sw_free(s->tok_x);
     sw_sampler_free(s->sampler);
     sw_free(s);
 }
@@ -1124,17 +1127,20 @@ int swarm_session_step_tokens(swarm_session_t *s, const int32_t *ids, int T, flo
     if (T > s->max_length - s->pos)
         return sw_err(SW_ELIMIT, "%d more tokens exceed the session's %d positions (%d used); "
                       "raise --max-length", T, s->max_length, s->pos);
-    if (!(x = sw_malloc((size_t)T * c->H * sizeof(float))))
-        return -ENOMEM;
-    if ((r = sw_head_embed(c->head, c->ops, ids, T, x)) < 0 ||
-        (r = swarm_session_step_hidden(s, x, T)) < 0)
-        goto out;
+    if (T > s->tok_rows) { /* the prompt's size once; a decode step (T = 1) then allocates nothing */
+        sw_free(s->tok_x);
+        s->tok_rows = 0;
+        if (!(s->tok_x = sw_malloc((size_t)T * c->H * sizeof(float))))
+            return -ENOMEM;
+        s->tok_rows = T;
+    }
+    x = s->tok_x;
+    if ((r = sw_head_embed(c->head, c->ops, ids, T, x)) < 0 || (r = swarm_session_step_hidden(s, x, T)) < 0)
+        return r;
     for (int i = 0; i < T; i++)
         s->seen[s->nseen++] = ids[i];
     if (logits)
         r = sw_head_logits(c->head, c->ops, x + (size_t)(T - 1) * c->H, 1, logits);
-out:
-    sw_free(x);
     return r;
 }
 
