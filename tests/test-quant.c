@@ -622,6 +622,32 @@ static void test_fast_int8(void)
     }
 }
 
+/* A row whose largest |x| is below 127 / FLT_MAX would get an infinite int8 scale (and an
+ * int conversion of inf: undefined): both paths treat it as a row of zeros. */
+static void test_int8_tiny_rows(void)
+{
+    enum { N = 8, K = 96, M = 3 };
+    float *w = sw_test_randv((size_t)N * K, 5, 0.05f), x[M * K], yr[M * N], yf[M * N];
+    sw_tensor_t d = dense_f32(w, N, K), q = { 0 };
+
+    for (int k = 0; k < K; k++) {
+        x[k] = (k % 2 ? 1e-38f : -2e-38f);  /* row 0: tiny (subnormal) values */
+        x[K + k] = k == 5 ? 0x1p-149f : 0;  /* row 1: one denormal, the rest 0 */
+        x[2 * K + k] = (float)(k % 7) - 3;  /* row 2: ordinary */
+    }
+    SW_CHECK_OK(sw_quantize_int8(&d, 6.0f, &q));
+    sw_ops_ref.matmul(yr, x, &q, NULL, M);
+    sw_ops_cpu.matmul(yf, x, &q, NULL, M);
+    for (int i = 0; i < M * N; i++) {
+        SW_CHECKF(isfinite(yr[i]) && isfinite(yf[i]), "y[%d] = %g / %g", i, yr[i], yf[i]);
+        if (i < 2 * N)
+            SW_CHECKF(yr[i] == 0 && yf[i] == 0, "y[%d] = %g / %g (a zero row)", i, yr[i], yf[i]);
+    }
+    SW_CHECK(memcmp(yr + 2 * N, yf + 2 * N, N * sizeof(float)) == 0 || fabsf(yr[2 * N] - yf[2 * N]) < 1e-4f);
+    sw_qtensor_free(&q);
+    sw_free(w);
+}
+
 static void test_errors(void)
 {
     float x[4] = { 1, 2, 3, 4 };
@@ -666,6 +692,7 @@ int main(void)
     SW_RUN(test_fast_nf4);
     SW_RUN(test_fast_nf4_stats);
     SW_RUN(test_fast_int8);
+    SW_RUN(test_int8_tiny_rows);
     SW_RUN(test_errors);
     if (sw_alloc_live() != live0) {
         fprintf(stderr, "leak: %ld allocations live\n", sw_alloc_live() - live0);

@@ -31,6 +31,7 @@
 #include "fast.h"
 
 #include <limits.h>
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -920,7 +921,7 @@ SW_AVX2 static void nf4q_quantize_x(const float *x, size_t K, int M, size_t kc, 
             h = _mm_max_ss(h, _mm_movehdup_ps(h));
             X = _mm_cvtss_f32(h);
             fx[(size_t)m * (kl / 64) + g] = X / (127.0f * NF4Q_S);
-            inv = _mm256_set1_ps(X > 0.0f ? 127.0f / X : 0.0f);
+            inv = _mm256_set1_ps(X > 127.0f / FLT_MAX ? 127.0f / X : 0.0f); /* tiny X: 127 / X would be inf */
             for (int half = 0; half < 2; half++) {
                 const __m256 *v = half ? od : ev;
                 __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
@@ -1132,6 +1133,8 @@ static void i8_matmul(float *y, const float *x, const sw_tensor_t *w, const floa
                 }
             if (bad) /* as the reference: NaN out, nothing converted to int8 */
                 a = NAN;
+            else if (a < 127.0f / FLT_MAX) /* as the reference: 127 / a would overflow, the row is 0 */
+                a = 0.0f;
             scale = 127.0f / a;
             for (size_t k = 0; k < K; k++)
                 qr[k] = (a > 0.0f && !(outl[k / 64] >> (k % 64) & 1)) ?

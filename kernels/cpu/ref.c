@@ -3,6 +3,7 @@
  * Fast versions (cpu/fast.c, cuda/) are tested against these; keep them obviously correct.
  */
 #include <limits.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -69,6 +70,8 @@ static void ref_matmul_int8(float *y, const float *x, const sw_tensor_t *w, cons
             }
         if (bad) /* NaN/inf cannot be quantized: the row's result is NaN (a > 0 fails below) */
             a = NAN;
+        else if (a < 127.0f / FLT_MAX) /* 127 / a would overflow: such a row is zero to int8 */
+            a = 0.0f;
         scale = 127.0f / a;
         for (int64_t n = 0; n < N; n++) {
             int32_t acc = 0;
