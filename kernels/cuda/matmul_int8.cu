@@ -186,6 +186,8 @@ static __device__ void i8_quant_row(const float *__restrict__ x, int K, int m, u
     bad = sw_dev_block_max(bad, red);
     if (bad > 0.0f)
         a = __int_as_float(0x7fc00000); /* NaN: the row's int8 part is not computed */
+    else if (a < 127.0f / 3.40282347e38f)
+        a = 0.0f; /* as the CPU reference: 127 / a would overflow, the row is zeros */
     scale = __fdiv_rn(127.0f, a);
     for (int k = threadIdx.x; k < K; k += blockDim.x)
         qr[k] = (a > 0.0f && !mask[k]) ? (int8_t)__float2int_rn(__fmul_rn(xr[k], scale)) : 0;
