@@ -88,8 +88,9 @@ typedef struct {
     "                          (default 60)\n"                                                    \
     "  --max-retries N         servers one step may replace before giving up (default 8)\n"    \
     "  --tokenizer PATH        tokenizer.json (or its directory) if not in the model's directory\n" \
-    "  --chat-template T       llama2, llama3 or chatml (default: recognised from\n"           \
-    "                          tokenizer_config.json)\n"                                          \
+    "  --chat-template T       chat: the template, " SW_CHAT_TEMPLATE_NAMES " or auto\n" \
+    "                          (default auto: recognised from tokenizer_config.json);\n"          \
+    "                          generate: write the prompt as one user turn in it\n"               \
     "  --device D, --quant Q   with --local: cpu or cuda[:N]; none, nf4 or int8 blocks\n"       \
     "  --int8-threshold T      with --local --quant int8: LLM.int8() outlier threshold (6)\n"    \
     "  -h, --help              this help\n"
@@ -395,6 +396,7 @@ int sw_cmd_generate(int argc, char **argv)
     const char *prompt_ids = NULL, *text = NULL;
     int32_t *ids = NULL;
     int T = 0, c, r, rc = 1, n_out = 0;
+    int32_t eot = -1;
     size_t nt = 0;
     swarm_client_t *cl = NULL;
     swarm_session_t *s = NULL;
@@ -446,7 +448,33 @@ int sw_cmd_generate(int argc, char **argv)
     }
     if ((r = load_tokenizer(&g, text != NULL, &tok)) != 0)
         goto out_usage;
-    if (text) {
+    if (g.template_name && !text) {
+        fprintf(stderr, "swarmd generate: --chat-template applies to a text prompt\n");
+        r = 2;
+        goto out_usage;
+    }
+    if (text && g.template_name) {
+        /* the prompt as one user turn in the model's chat template; the turn's end token stops */
+        sw_chat_template_t t;
+        sw_chat_msg_t msg = { "user", text };
+        char *chat_text = NULL;
+        size_t len = 0;
+        r = strcmp(g.template_name, "auto") != 0 ? sw_chat_template_by_name(g.template_name, &t)
+            : sw_chat_template_load(g.tokenizer_path ? g.tokenizer_path : g.co.model_dir, &t);
+        if (r == 0)
+            r = sw_chat_render(&t, &msg, 1, SW_CHAT_ADD_GENERATION_PROMPT, &chat_text, &len);
+        if (r == 0) {
+            r = sw_tokenizer_encode_alloc(tok, chat_text, len, 0, &ids, &nt);
+            sw_free(chat_text);
+        }
+        if (r < 0) {
+            fprintf(stderr, "swarmd generate: %s\n", sw_err_detail());
+            rc = r == SW_EUNSUPPORTED ? 2 : 1;
+            goto out;
+        }
+        eot = sw_tokenizer_token_id(tok, sw_chat_end_of_turn(&t));
+        T = (int)nt;
+    } else if (text) {
         if ((r = sw_tokenizer_encode_alloc(tok, text, strlen(text), SW_TOK_ADD_SPECIAL, &ids, &nt)) < 0) {
             fprintf(stderr, "swarmd generate: cannot encode the prompt: %s\n", sw_err_detail());
             goto out;
@@ -474,6 +502,8 @@ int sw_cmd_generate(int argc, char **argv)
         goto out;
     }
     sampling_of(&g, &gc, &samp);
+    if (eot >= 0 && gc.n_eos < SW_GEN_MAX_EOS)
+        gc.eos[gc.n_eos++] = eot; /* the chat template's end of turn */
     if (tok && !g.print_ids && !prompt_ids) {
         if ((r = sw_detok_new(tok, SW_DETOK_SKIP_SPECIAL, &st.detok)) < 0 ||
             (r = sw_stop_new(gc.eos, (size_t)gc.n_eos, g.stops, (size_t)g.n_stops, 0, &st.stop)) < 0) {

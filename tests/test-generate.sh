@@ -115,6 +115,11 @@ PY
 if "$SWARMD" generate --model "$chat" --model-name llama-gqa-llama3 --initial-peers "$boot" "Hello, swarm" --greedy \
      --compress none >"$tmp/gen-text" 2>"$tmp/gen-text.err" && [ -s "$tmp/tlocal" ] && cmp -s "$tmp/gen-text" "$tmp/tlocal"; then
   ok "text prompt: swarm text == --local text"; else bad "text prompt: swarm text == --local text"; fi
+"$SWARMD" generate --local --model "$chat" --chat-template auto "Hello" --greedy >"$tmp/tclocal" 2>"$tmp/tclocal.err" ||
+  bad "generate --chat-template --local"
+if "$SWARMD" generate --model "$chat" --model-name llama-gqa-llama3 --initial-peers "$boot" --chat-template auto \
+     "Hello" --greedy --compress none >"$tmp/gen-tc" 2>"$tmp/gen-tc.err" && [ -s "$tmp/tclocal" ] && cmp -s "$tmp/gen-tc" "$tmp/tclocal"; then
+  ok "generate --chat-template: swarm == --local"; else bad "generate --chat-template: swarm == --local"; fi
 printf 'Hello\nAnd a second turn\n' | "$SWARMD" chat --local --model "$chat" --greedy --max-new-tokens 12 \
   >"$tmp/chat-local" 2>"$tmp/chat-local.err" || bad "chat --local"
 if printf 'Hello\nAnd a second turn\n' | "$SWARMD" chat --model "$chat" --model-name llama-gqa-llama3 \
