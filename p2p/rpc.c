@@ -194,6 +194,7 @@ void sw_p2p_limits_default(sw_p2p_limits_t *l)
 {
     l->max_conns = 256;
     l->max_conns_per_addr = 8;
+    l->per_addr_loopback = 0;
     l->max_frame = 1u << 20;
     l->max_header = 64u << 10;
     l->max_message = 256ull << 20;
@@ -1480,6 +1481,20 @@ static int conn_start(sw_p2p_conn_t *c, const sw_peer_id_t *pin)
     return 0;
 }
 
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+        return IN6_IS_ADDR_LOOPBACK(a) || (memcmp(a->s6_addr, v4mapped, 12) == 0 && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     sw_p2p_node_t *n = server->data;
@@ -1500,8 +1515,11 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     addr_text(&ss, c->addr, sizeof(c->addr), 0);
     snprintf(c->who, sizeof(c->who), "%s", c->addr);
-    for (sw_p2p_conn_t *o = n->conns; o; o = o->next)
-        same += o != c && o->state != C_CLOSING && strcmp(o->addr, c->addr) == 0;
+    /* The per-address cap is against one remote host taking every slot; peers on this machine
+     * (a local swarm: every server of it connects from 127.0.0.1) count only against max_conns. */
+    if (n->lim.per_addr_loopback || !is_loopback(&ss))
+        for (sw_p2p_conn_t *o = n->conns; o; o = o->next)
+            same += o != c && o->state != C_CLOSING && strcmp(o->addr, c->addr) == 0;
     if (n->nconns > n->lim.max_conns || same >= (int)n->lim.max_conns_per_addr) {
         n->stats.conns_refused++;
         conn_fail(c, SW_ELIMIT, "refusing connection: %s (limit %u)",

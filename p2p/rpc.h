@@ -38,7 +38,9 @@ typedef struct sw_p2p_call sw_p2p_call_t;
 
 typedef struct {
     uint32_t max_conns;            /* connections overall (inbound + outbound) */
-    uint32_t max_conns_per_addr;   /* inbound connections from one IP address */
+    uint32_t max_conns_per_addr;   /* inbound connections from one IP address (loopback peers: see below) */
+    int per_addr_loopback;         /* apply max_conns_per_addr to loopback peers too (default 0: every
+                                      server of a swarm on one machine connects from 127.0.0.1) */
     uint32_t max_frame;            /* bytes of a received frame after its prefix */
     uint32_t max_header;           /* bytes of a received Envelope */
     uint64_t max_message;          /* payload bytes of one received message */
@@ -51,7 +53,7 @@ typedef struct {
     uint32_t idle_timeout_ms;      /* drop a connection silent for this long (0: never) */
 } sw_p2p_limits_t;
 
-/* Defaults: 256 conns, 8 per address, 1 MiB frames, 64 KiB headers, 256 MiB messages, 1024 calls,
+/* Defaults: 256 conns, 8 per address (not counted for loopback peers), 1 MiB frames, 64 KiB headers, 256 MiB messages, 1024 calls,
  * 16 MiB / 64 MiB windows, 8 MiB send buffer, 10 s handshake, 15 s keepalive, 60 s idle. */
 void sw_p2p_limits_default(sw_p2p_limits_t *l);
 

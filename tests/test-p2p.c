@@ -828,6 +828,7 @@ static void test_connection_limits(void)
 
     sw_p2p_limits_default(&la);
     la.max_conns_per_addr = 2;
+    la.per_addr_loopback = 1; /* this test's peers are all on loopback */
     la.handshake_timeout_ms = 5000;
     SW_CHECK_OK(fx_nodes(&f, NULL, NULL, &la, NULL, "127.0.0.1"));
     for (int i = 0; i < 3; i++)
@@ -840,6 +841,29 @@ static void test_connection_limits(void)
         if (!r[i].closed)
             uv_close((uv_handle_t *)&r[i].t, raw_closed);
     /* the connections above close; then the overall limit */
+    for (int i = 0; i < 3; i++)
+        run_until(&f.loop, &r[i].closed, WAIT_MS);
+    while (sw_p2p_node_conn_count(f.a) > 0)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    SW_CHECK(fx_teardown(&f) == 0);
+
+    /* by default loopback peers are not held to the per-address cap (a local swarm) */
+    sw_p2p_limits_default(&la);
+    la.max_conns_per_addr = 2;
+    la.handshake_timeout_ms = 5000;
+    SW_CHECK_OK(fx_nodes(&f, NULL, NULL, &la, NULL, "127.0.0.1"));
+    for (int i = 0; i < 3; i++)
+        raw_open(&f.loop, &r[i], f.port, NULL, 0);
+    {
+        uint64_t end = uv_hrtime() + 2000000000ull;
+        while (sw_p2p_node_conn_count(f.a) < 3 && uv_hrtime() < end)
+            uv_run(&f.loop, UV_RUN_ONCE);
+    }
+    sw_p2p_node_stats(f.a, &st);
+    SW_CHECK(st.conns_refused == 0 && sw_p2p_node_conn_count(f.a) == 3);
+    for (int i = 0; i < 3; i++)
+        if (!r[i].closed)
+            uv_close((uv_handle_t *)&r[i].t, raw_closed);
     for (int i = 0; i < 3; i++)
         run_until(&f.loop, &r[i].closed, WAIT_MS);
     while (sw_p2p_node_conn_count(f.a) > 0)
