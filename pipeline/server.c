@@ -517,7 +517,9 @@ static void limits_of(const sw_server_t *s, sw_serve_limits_t *l)
     l->end = s->end;
     l->H = s->H;
     l->max_batch = s->max_batch;
-    l->max_position = s->cfg->max_position_embeddings;
+    /* not the model's max_position_embeddings: transformers runs past it (dynamic RoPE rescales,
+     * others extrapolate) and so does a local run; memory is bounded by the cache budget */
+    l->max_position = SW_SERVER_MAX_LENGTH;
     l->max_cache = s->max_cache;
     l->cache_left = s->max_cache - s->cache_used;
 }

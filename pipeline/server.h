@@ -69,6 +69,7 @@ typedef struct {
 #define SW_SERVER_DEFAULT_CACHE_TOKENS 16384
 #define SW_SERVER_DEFAULT_BATCH_TOKENS 8192
 #define SW_SERVER_DEFAULT_IDLE_MS 300000
+#define SW_SERVER_MAX_LENGTH (1 << 20) /* longest max_length of an inference session */
 /* Most rows (B x T summed over sessions) in one batched pass; sizes the executor's workspace
  * once at load: rows x (3 H + 2 NH HD + 2 NKV HD + 2 I) floats (~50 MB for Llama-2-70B shapes). */
 #define SW_SERVER_BATCH_ROWS 128

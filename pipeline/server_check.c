@@ -128,7 +128,7 @@ int sw_serve_check_open(const sw_serve_limits_t *l, const Swarmd__InferenceReque
     if (q->batch > l->max_batch)
         return sw_err(SW_ELIMIT, "batch %u exceeds --max-batch-tokens %u", q->batch, l->max_batch);
     if (q->max_length < 1 || l->max_position < 1 || q->max_length > (uint32_t)l->max_position)
-        return sw_err(SW_ELIMIT, "max_length %u is out of range (1..%d, the model's context)",
+        return sw_err(SW_ELIMIT, "max_length %u is out of range (1..%d)",
                       q->max_length, l->max_position);
     if (need > l->max_cache)
         return sw_err(SW_ELIMIT, "session of batch %u x max_length %u needs %llu cache tokens, "
