@@ -45,6 +45,7 @@ static void usage(FILE *f)
             "swarmd %s - run and train large transformers on GPUs lent over the internet\n"
             "\n"
             "Usage: swarmd [global options] <command> [options]\n"
+            "       swarmd [global options] --serve-layers auto --model DIR ...  (serve is the default)\n"
             "\n"
             "Commands:\n", SW_VERSION);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
@@ -88,6 +89,56 @@ static void version(void)
     }
 }
 
+/*
+ * `serve` is the default command (DESIGN.md: `swarmd --serve-layers auto --model DIR` runs a
+ * volunteer server): if the first argument after the global options is an option rather than a
+ * command, "serve" is put in front of it. Returns the argv to parse (argv itself, or a copy in
+ * *buf that the caller frees) and sets *argc_out.
+ */
+static char **default_to_serve(int argc, char **argv, int *argc_out, char ***buf)
+{
+    static const char *const with_value[] = { "--log-level", "--threads", "--backend", "--identity",
+                                              "--swarm-key" };
+    static const char *const flags[] = { "--verbose", "--quiet", "--version", "--help" };
+    int i = 1;
+
+    *argc_out = argc;
+    *buf = NULL;
+    while (i < argc) {
+        const char *a = argv[i];
+        int known = 0;
+        if (a[0] != '-' || strcmp(a, "--") == 0 || strcmp(a, "-") == 0)
+            return argv; /* a command (or the end of options): nothing to add */
+        if (a[1] != '-' && strspn(a + 1, "vqVh") == strlen(a + 1)) { /* -v, -vv, -q, -V, -h */
+            i++;
+            continue;
+        }
+        for (size_t k = 0; k < sizeof(flags) / sizeof(flags[0]); k++)
+            known |= strcmp(a, flags[k]) == 0;
+        for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]) && !known; k++) {
+            size_t n = strlen(with_value[k]);
+            if (strncmp(a, with_value[k], n) == 0 && (a[n] == '=' || a[n] == '\0')) {
+                known = 1;
+                if (a[n] == '\0')
+                    i++; /* its value */
+            }
+        }
+        if (!known)
+            break; /* an option of no global kind: serve's */
+        i++;
+    }
+    if (i >= argc)
+        return argv;
+    if (!(*buf = malloc((size_t)(argc + 2) * sizeof(char *))))
+        return argv;
+    memcpy(*buf, argv, (size_t)i * sizeof(char *));
+    (*buf)[i] = (char *)"serve";
+    memcpy(*buf + i + 1, argv + i, (size_t)(argc - i) * sizeof(char *));
+    (*buf)[argc + 1] = NULL;
+    *argc_out = argc + 1;
+    return *buf;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -105,8 +156,11 @@ int main(int argc, char **argv)
     int c, verbose = 0;
     sw_log_level_t level;
 
+    static char **argv_buf; /* lives until exit (reachable: not a leak) */
+
     /* a peer that vanishes mid-write must cost a write error on that connection, not the process */
     signal(SIGPIPE, SIG_IGN);
+    argv = default_to_serve(argc, argv, &argc, &argv_buf);
     /* '+' stops at the first non-option: the subcommand */
     while ((c = getopt_long(argc, argv, "+vqVh", opts, NULL)) != -1) {
         switch (c) {

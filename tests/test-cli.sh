@@ -140,6 +140,9 @@ expect 1 "swarm-key generate refuses to overwrite" "$SWARMD" swarm-key generate 
 contains "$tmp/err" "already exists" "overwrite refusal says why"
 cmp -s "$tmp/swarm.key" "$tmp/swarm.key.orig" && ok "existing swarm key left untouched" || bad "existing swarm key changed"
 expect 2 "swarm-key without generate FILE" "$SWARMD" swarm-key
+# serve is the default command: options without a command go to it
+expect 2 "swarmd --serve-layers auto (serve by default) needs peers" "$SWARMD" -q --serve-layers auto --model tests/fixtures/llama-gqa-llama3
+contains "$tmp/err" "swarmd serve: --serve-layers auto reads the swarm" "options without a command are serve's"
 expect 0 "id with a swarm key" "$SWARMD" --identity "$tmp/ids/node/identity" --swarm-key "$tmp/swarm.key" id
 contains "$tmp/out" "private swarm" "id says a swarm key is configured"
 if grep -qiF "$(cat "$tmp/swarm.key")" "$tmp/out" "$tmp/err"; then bad "id never prints the swarm key"; else ok "id never prints the swarm key"; fi
