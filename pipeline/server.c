@@ -622,36 +622,71 @@ static void forward_fail(job_t *j, int code, const char *why)
     j->answered = 1;
 }
 
-static void forward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+/* Unpacks a unary request's body and checks it against the limits into c (sw_err detail on
+ * failure). */
+typedef int (*unary_check_fn)(const sw_serve_limits_t *l, const sw_p2p_msg_t *msg, sw_serve_call_t *c);
+
+static int check_forward(const sw_serve_limits_t *l, const sw_p2p_msg_t *msg, sw_serve_call_t *c)
 {
-    job_t *j = arg;
-    sw_server_t *s = j->srv;
-    Swarmd__ForwardRequest *q;
+    Swarmd__ForwardRequest *q = swarmd__forward_request__unpack(NULL, msg->body_len, msg->body);
+    int r;
+
+    if (!q)
+        return sw_err(SW_EFORMAT, "malformed ForwardRequest");
+    r = sw_serve_check_forward(l, q, msg->payload_len, c);
+    swarmd__forward_request__free_unpacked(q, NULL);
+    return r;
+}
+
+/* A "backward" request is checked as "forward" is (span, codec, each tensor's header against its
+ * part of the payload, hidden size, --max-batch-tokens), and both tensors must have one shape. */
+static int check_backward(const sw_serve_limits_t *l, const sw_p2p_msg_t *msg, sw_serve_call_t *c)
+{
+    Swarmd__BackwardRequest *q = swarmd__backward_request__unpack(NULL, msg->body_len, msg->body);
+    int r;
+
+    if (!q)
+        return sw_err(SW_EFORMAT, "malformed BackwardRequest");
+    r = sw_serve_check_backward(l, q, msg->payload_len, c);
+    swarmd__backward_request__free_unpacked(q, NULL);
+    return r;
+}
+
+/* The one message of a "forward" or "backward" call: checked, then queued with its payload. */
+static void unary_request(job_t *j, sw_p2p_msg_t *msg, const char *method, unary_check_fn check)
+{
     sw_serve_limits_t l;
     sw_serve_call_t c;
     int r;
 
     if (j->answered || j->queued) {
-        forward_fail(j, SW_EFORMAT, "forward takes exactly one request message");
-        return;
-    }
-    q = swarmd__forward_request__unpack(NULL, msg->body_len, msg->body);
-    if (!q) {
-        forward_fail(j, SW_EFORMAT, "malformed ForwardRequest");
+        char why[64];
+        snprintf(why, sizeof(why), "%s takes exactly one request message", method);
+        forward_fail(j, SW_EFORMAT, why);
         return;
     }
     sw_err_clear();
-    limits_of(s, &l);
-    r = sw_serve_check_forward(&l, q, msg->payload_len, &c);
-    swarmd__forward_request__free_unpacked(q, NULL);
-    if (r < 0) {
+    limits_of(j->srv, &l);
+    if ((r = check(&l, msg, &c)) < 0) {
         forward_fail(j, r, sw_err_detail());
         return;
     }
     job_take_call(j, &c);
     j->payload_len = msg->payload_len;
     j->payload = sw_p2p_msg_take_payload(msg);
-    job_submit(s, j);
+    job_submit(j->srv, j);
+}
+
+static void forward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+{
+    (void)call;
+    unary_request(arg, msg, "forward", check_forward);
+}
+
+static void backward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
+{
+    (void)call;
+    unary_request(arg, msg, "backward", check_backward);
 }
 
 static void forward_end(sw_p2p_call_t *call, int status, const char *error, void *arg)
@@ -702,42 +737,6 @@ static void forward_finish(sw_server_t *s, job_t *j)
     j->payload = NULL;
     if (!j->call)
         forward_free(j);
-}
-
-/*
- * A "backward" request: checked as "forward" is (span, codec, each tensor's header against its
- * part of the payload, hidden size, --max-batch-tokens), and both tensors must have one shape.
- */
-static void backward_msg(sw_p2p_call_t *call, sw_p2p_msg_t *msg, void *arg)
-{
-    job_t *j = arg;
-    sw_server_t *s = j->srv;
-    Swarmd__BackwardRequest *q;
-    sw_serve_limits_t l;
-    sw_serve_call_t c;
-    int r;
-
-    if (j->answered || j->queued) {
-        forward_fail(j, SW_EFORMAT, "backward takes exactly one request message");
-        return;
-    }
-    q = swarmd__backward_request__unpack(NULL, msg->body_len, msg->body);
-    if (!q) {
-        forward_fail(j, SW_EFORMAT, "malformed BackwardRequest");
-        return;
-    }
-    sw_err_clear();
-    limits_of(s, &l);
-    r = sw_serve_check_backward(&l, q, msg->payload_len, &c);
-    swarmd__backward_request__free_unpacked(q, NULL);
-    if (r < 0) {
-        forward_fail(j, r, sw_err_detail());
-        return;
-    }
-    job_take_call(j, &c);
-    j->payload_len = msg->payload_len;
-    j->payload = sw_p2p_msg_take_payload(msg);
-    job_submit(s, j);
 }
 
 static void forward_open(sw_p2p_call_t *call, const char *method, void *arg)
