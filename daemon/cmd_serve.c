@@ -130,6 +130,8 @@ static void serve_usage(FILE *f)
             "  --max-cache-tokens N     KV cache budget in positions (batch x length) over all\n"
             "                           sessions (default %d)\n"
             "  --max-batch-tokens N     most batch x tokens of one call or step (default %d)\n"
+            "  --max-backward-tokens N  most batch x tokens of one backward call (default: what\n"
+            "                           1 GiB holds: every block's input + one block's gradients)\n"
             "  --session-timeout S      end an inference session idle for S seconds (default %d)\n"
             "  --grace S                seconds in-flight steps get at shutdown (default 10)\n"
             "  --initial-peers ADDR,... join the swarm's DHT through these nodes and announce the\n"
@@ -1478,6 +1480,7 @@ int sw_cmd_serve(int argc, char **argv)
         { "int8-threshold", required_argument, NULL, 'X' },
         { "max-cache-tokens", required_argument, NULL, 'c' },
         { "max-batch-tokens", required_argument, NULL, 'b' },
+        { "max-backward-tokens", required_argument, NULL, 'k' },
         { "session-timeout", required_argument, NULL, 't' },
         { "grace", required_argument, NULL, 'g' },
         { "initial-peers", required_argument, NULL, 'p' },
@@ -1687,6 +1690,11 @@ int sw_cmd_serve(int argc, char **argv)
             if (parse_u64("--max-batch-tokens", optarg, 1, 1 << 24, &u) < 0)
                 goto out_free;
             v->so.max_batch_tokens = (uint32_t)u;
+            break;
+        case 'k':
+            if (parse_u64("--max-backward-tokens", optarg, 1, 1 << 24, &u) < 0)
+                goto out_free;
+            v->so.max_backward_tokens = (uint32_t)u;
             break;
         case 't':
             if (parse_u64("--session-timeout", optarg, 1, 86400, &u) < 0)

@@ -97,6 +97,7 @@ struct sw_server {
     const sw_ops_t *ops;
     uint64_t max_cache, cache_used, next_session;
     uint32_t max_batch, idle_ms;
+    uint32_t max_backward;    /* B x T of one backward call (see backward_tokens()) */
     session_t *sessions;
     int n_sessions;
     /* executor */
@@ -517,6 +518,7 @@ static void limits_of(const sw_server_t *s, sw_serve_limits_t *l)
     l->end = s->end;
     l->H = s->H;
     l->max_batch = s->max_batch;
+    l->max_backward = s->max_backward;
     /* not the model's max_position_embeddings: transformers runs past it (dynamic RoPE rescales,
      * others extrapolate) and so does a local run; memory is bounded by the cache budget */
     l->max_position = SW_SERVER_MAX_LENGTH;
@@ -1071,6 +1073,32 @@ static const char *dtype_format(sw_dtype_t dt)
     return dt == SW_DTYPE_NF4 ? "nf4" : dt == SW_DTYPE_I8 ? "int8" : sw_dtype_name(dt);
 }
 
+/*
+ * The most tokens (B x T) one backward call may carry within SW_SERVER_BACKWARD_BUDGET bytes: a
+ * backward over the whole span keeps every block's input and the output gradient (M x H floats
+ * each), a cache for the forward recomputation (2 x NKV x HD floats per token) and one block's
+ * backward workspace (sw_span_backward_bytes). A hostile peer's large call is then refused,
+ * not an allocation the kernel might answer by killing the daemon. At most max_batch.
+ */
+static uint32_t backward_tokens(const sw_server_t *s)
+{
+    uint32_t lo = 0, hi = s->max_batch;
+    int nb = s->end - s->start;
+
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo + 1) / 2;
+        size_t ws = 0;
+        uint64_t need = (uint64_t)mid * (uint64_t)s->H * 4 * (uint64_t)(nb + 1) +
+                        (uint64_t)mid * 2 * (uint64_t)s->cfg->num_kv_heads * (uint64_t)s->cfg->head_dim * 4;
+        if (sw_span_backward_bytes(s->spans[0], 1, (int)mid, &ws) < 0 ||
+            need + ws > SW_SERVER_BACKWARD_BUDGET)
+            hi = mid - 1;
+        else
+            lo = mid;
+    }
+    return lo ? lo : 1;
+}
+
 int sw_server_load(const sw_server_opts_t *o, sw_server_t **out)
 {
     sw_server_t *s;
@@ -1153,6 +1181,9 @@ int sw_server_load(const sw_server_opts_t *o, sw_server_t **out)
     }
     if (o->load.quant == SW_QUANT_AUTO)
         s->quant = "as stored";
+    s->max_backward = o->max_backward_tokens ? o->max_backward_tokens : backward_tokens(s);
+    SW_LOG_I("serve", "backward calls take at most %u tokens (B x T)%s", s->max_backward,
+             o->max_backward_tokens ? "" : ", what 1 GiB holds");
     if ((r = sw_codec_ctx_new(&s->codec)) < 0)
         goto err;
     *out = s;

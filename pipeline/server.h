@@ -61,6 +61,8 @@ typedef struct {
     const sw_ops_t *ops;       /* NULL: sw_ops_cpu */
     uint64_t max_cache_tokens; /* 0: SW_SERVER_DEFAULT_CACHE_TOKENS */
     uint32_t max_batch_tokens; /* 0: SW_SERVER_DEFAULT_BATCH_TOKENS */
+    uint32_t max_backward_tokens; /* B x T of one backward call; 0: what SW_SERVER_BACKWARD_BUDGET
+                                     bytes hold (block inputs + one block's backward workspace) */
     uint32_t idle_timeout_ms;  /* a session without a step for this long ends; 0: the default */
     sw_device_t device;        /* where the blocks run; zeroed: the CPU */
     const char *device_name;   /* ServerInfo.device on the CPU (NULL: "cpu"); a GPU gives its own */
@@ -70,6 +72,7 @@ typedef struct {
 #define SW_SERVER_DEFAULT_BATCH_TOKENS 8192
 #define SW_SERVER_DEFAULT_IDLE_MS 300000
 #define SW_SERVER_MAX_LENGTH (1 << 20) /* longest max_length of an inference session */
+#define SW_SERVER_BACKWARD_BUDGET ((uint64_t)1 << 30) /* bytes one backward call may take */
 /* Most rows (B x T summed over sessions) in one batched pass; sizes the executor's workspace
  * once at load: rows x (3 H + 2 NH HD + 2 NKV HD + 2 I) floats (~50 MB for Llama-2-70B shapes). */
 #define SW_SERVER_BATCH_ROWS 128

@@ -107,6 +107,10 @@ int sw_serve_check_backward(const sw_serve_limits_t *l, const Swarmd__BackwardRe
     if (B2 != out->B || T2 != out->T)
         return sw_err(SW_EFORMAT, "output gradient is (%d, %d, %d), the inputs (%d, %d, %d): they "
                       "must have one shape", B2, T2, l->H, out->B, out->T, l->H);
+    if (l->max_backward && (uint64_t)out->B * (uint64_t)out->T > l->max_backward)
+        return sw_err(SW_ELIMIT, "a backward of B x T = %d x %d tokens exceeds this server's %u "
+                      "(--max-backward-tokens: its memory for a backward); send fewer tokens per call",
+                      out->B, out->T, l->max_backward);
     out->a = (int)q->start_block;
     out->b = (int)q->end_block;
     return 0;

@@ -23,6 +23,7 @@ typedef struct {
     int start, end;          /* the served span: any non-empty [a, b) inside it is accepted */
     int H;                   /* hidden size */
     uint32_t max_batch;      /* --max-batch-tokens: B x T of one call or step */
+    uint32_t max_backward;   /* --max-backward-tokens: B x T of one backward call (0: max_batch) */
     int max_position;        /* an inference session's longest max_length (SW_SERVER_MAX_LENGTH) */
     uint64_t max_cache;      /* --max-cache-tokens: the whole budget */
     uint64_t cache_left;     /* cache tokens not reserved by open sessions */

@@ -33,7 +33,9 @@
 #include "kernels/ops.h"
 #include "kernels/quant.h"
 #include "pipeline/backward.h"
+#include "pipeline/codec.h"
 #include "pipeline/model.h"
+#include "pipeline/server_check.h"
 #include "test.h"
 #include "util/error.h"
 #include "util/pool.h"
@@ -628,8 +630,44 @@ static void test_span_errors(void)
     sw_model_close(m);
 }
 
+/* The server's check of a backward request refuses more tokens than --max-backward-tokens (a
+ * backward keeps every block's input: its memory is bounded separately from forward calls). */
+static void test_backward_token_limit(void)
+{
+    enum { B = 2, T = 3, H = 8 };
+    float x[B * T * H] = { 0 };
+    uint8_t hx[SW_CODEC_MAX_HEADER], hg[SW_CODEC_MAX_HEADER], pay[2 * B * T * H * 4];
+    sw_codec_opts_t none = { 0 };
+    sw_tensor_header_t th;
+    int64_t shape[3] = { B, T, H };
+    size_t lx, lg;
+    Swarmd__BackwardRequest q = SWARMD__BACKWARD_REQUEST__INIT;
+    sw_serve_limits_t l = { .start = 0, .end = 4, .H = H, .max_batch = 64, .max_position = 64,
+                            .max_cache = 64, .cache_left = 64, .max_backward = 5 };
+    sw_serve_call_t c;
+
+    SW_CHECK_OK(sw_codec_encode(NULL, &none, x, 3, shape, &th, pay, sizeof(pay) / 2));
+    SW_CHECK_OK(sw_codec_header_pack(&th, hx, sizeof(hx), &lx));
+    SW_CHECK_OK(sw_codec_encode(NULL, &none, x, 3, shape, &th, pay + sizeof(pay) / 2, sizeof(pay) / 2));
+    SW_CHECK_OK(sw_codec_header_pack(&th, hg, sizeof(hg), &lg));
+    q.start_block = 1;
+    q.end_block = 3;
+    q.hidden.data = hx;
+    q.hidden.len = lx;
+    q.grad.data = hg;
+    q.grad.len = lg;
+    SW_CHECK(sw_serve_check_backward(&l, &q, sizeof(pay), &c) == SW_ELIMIT); /* 6 > 5 */
+    SW_CHECK(strstr(sw_err_detail(), "--max-backward-tokens") != NULL);
+    l.max_backward = 6;
+    SW_CHECK_OK(sw_serve_check_backward(&l, &q, sizeof(pay), &c));
+    SW_CHECK(c.B == B && c.T == T && c.a == 1 && c.b == 3);
+    l.max_backward = 0; /* 0: only max_batch bounds it */
+    SW_CHECK_OK(sw_serve_check_backward(&l, &q, sizeof(pay), &c));
+}
+
 int main(void)
 {
+    SW_RUN(test_backward_token_limit);
     SW_RUN(test_matmul_dx_fd);
     SW_RUN(test_rmsnorm_fd);
     SW_RUN(test_rope_fd);
