@@ -359,12 +359,20 @@ static void timer_closed(uv_handle_t *h)
     sw_free(h->data);
 }
 
-/* Frees the calls parked after finishing. Only at safe points: no caller holds them any more. */
+/* Frees the calls parked after finishing. Only at safe points: no caller holds them any more.
+ * A call still linked in the resume list (a pause lifted just before it finished) stays parked
+ * until on_idle has unlinked it: freeing it here left on_idle reading a freed call. */
 static void reap(sw_p2p_conn_t *c)
 {
-    while (c->zombies) {
-        sw_p2p_call_t *k = c->zombies;
-        c->zombies = k->znext;
+    sw_p2p_call_t **pp = &c->zombies;
+
+    while (*pp) {
+        sw_p2p_call_t *k = *pp;
+        if (k->in_resume) {
+            pp = &k->znext;
+            continue;
+        }
+        *pp = k->znext;
         call_free(k);
     }
 }
@@ -785,6 +793,11 @@ static void conn_handle_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     n->nconns--;
+    while (c->resumeh) { /* nothing resumes on a closed connection: unlink, so reap frees all */
+        sw_p2p_call_t *k = c->resumeh;
+        c->resumeh = k->qnext;
+        k->in_resume = 0;
+    }
     reap(c);
     while (c->ctrlh) {
         ctrl_t *x = c->ctrlh;

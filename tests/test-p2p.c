@@ -1057,6 +1057,34 @@ static void test_slow_reader(void)
     SW_CHECK(fx_teardown(&f) == 0);
 }
 
+/* A call resumed and then cancelled before the loop runs: it sits in the resume list and among
+ * the finished calls at once; the next idle pass must unlink it before freeing it (found by ASan
+ * in a serve daemon: a retired span's session resumed and ended in one loop iteration). */
+static void test_resume_then_cancel(void)
+{
+    fx_t f;
+    sw_p2p_call_t *k;
+    reply_t r = {0};
+
+    SW_CHECK_OK(fx_nodes(&f, NULL, NULL, NULL, NULL, "127.0.0.1"));
+    SW_CHECK_OK(fx_connect(&f, "127.0.0.1", NULL));
+    for (int i = 0; i < 3; i++) {
+        SW_CHECK_OK(sw_p2p_call_start(f.conn, "echo", 5000, &rep_cbs, &r, &k));
+        sw_p2p_call_pause(k, 1);
+        sw_p2p_call_pause(k, 0); /* in the resume list now */
+        sw_p2p_call_cancel(k);   /* and finished */
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+    }
+    /* the connection still works */
+    memset(&r, 0, sizeof(r));
+    SW_CHECK_OK(sw_p2p_call_start(f.conn, "echo", 5000, &rep_cbs, &r, &k));
+    SW_CHECK_OK(sw_p2p_call_send(k, "hi", 2, NULL, 0, 0));
+    SW_CHECK_OK(sw_p2p_call_end(k, 0, NULL));
+    SW_CHECK(run_until(&f.loop, &r.done, WAIT_MS) && r.status == 0 && r.msgs == 1);
+    long leaked = fx_teardown(&f);
+    SW_CHECKF(leaked == 0, "%ld allocations leaked", leaked);
+}
+
 /* ---- upload probes (p2p/probe.h) ---- */
 typedef struct {
     int done, status;
@@ -1150,6 +1178,7 @@ int main(void)
     SW_RUN(test_calls_in_flight_enforced);
     SW_RUN(test_deadline_and_cancel);
     SW_RUN(test_slow_reader);
+    SW_RUN(test_resume_then_cancel);
     SW_RUN(test_upload_probe);
     SW_RUN(test_ipv6);
     return sw_test_summary("test-p2p");
