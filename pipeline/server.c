@@ -164,9 +164,22 @@ static int encode_out(sw_server_t *s, job_t *j, const float *x, uint8_t *out, si
     return r;
 }
 
+/* Encodes the reply tensor v (n values) of a unary call into j->out with its codec. */
+static int reply_tensor(sw_server_t *s, job_t *j, const float *v, size_t n)
+{
+    size_t cap;
+    int r;
+
+    if ((r = sw_codec_encoded_bound(&j->out_opts, n, &cap)) < 0)
+        return r;
+    if (!(j->out = sw_malloc(cap ? cap : 1)))
+        return sw_err(-ENOMEM, "no memory for the reply");
+    return encode_out(s, j, v, j->out, cap);
+}
+
 static int exec_forward(sw_server_t *s, job_t *j)
 {
-    size_t n = (size_t)j->B * j->T * s->H, cap;
+    size_t n = (size_t)j->B * j->T * s->H;
     float *x = sw_malloc(n * sizeof(float));
     int r;
 
@@ -179,14 +192,7 @@ static int exec_forward(sw_server_t *s, job_t *j)
         goto out;
     if ((r = run_forward(s, j, x)) < 0)
         goto out;
-    if ((r = sw_codec_encoded_bound(&j->out_opts, n, &cap)) < 0)
-        goto out;
-    j->out = sw_malloc(cap ? cap : 1);
-    if (!j->out) {
-        r = sw_err(-ENOMEM, "no memory for the reply");
-        goto out;
-    }
-    r = encode_out(s, j, x, j->out, cap);
+    r = reply_tensor(s, j, x, n);
 out:
     sw_free(x);
     return r;
@@ -199,7 +205,7 @@ out:
  */
 static int exec_backward(sw_server_t *s, job_t *j)
 {
-    size_t n = (size_t)j->B * j->T * s->H, hl = (size_t)j->in_h.encoded_len, cap;
+    size_t n = (size_t)j->B * j->T * s->H, hl = (size_t)j->in_h.encoded_len;
     int nb = j->b - j->a, r;
     float *xs = sw_malloc((size_t)nb * n * sizeof(float)), *g = sw_malloc(n * sizeof(float));
 
@@ -230,14 +236,7 @@ static int exec_backward(sw_server_t *s, job_t *j)
         if ((r = sw_span_backward(s->spans[j->a + i - s->start], s->ops, xs + (size_t)i * n, g,
                                   g, j->B, j->T)) < 0)
             goto out;
-    if ((r = sw_codec_encoded_bound(&j->out_opts, n, &cap)) < 0)
-        goto out;
-    j->out = sw_malloc(cap ? cap : 1);
-    if (!j->out) {
-        r = sw_err(-ENOMEM, "no memory for the reply");
-        goto out;
-    }
-    r = encode_out(s, j, g, j->out, cap);
+    r = reply_tensor(s, j, g, n);
 out:
     sw_free(xs);
     sw_free(g);
